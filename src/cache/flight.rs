@@ -1,0 +1,318 @@
+//! One upstream download per blob, shared by every client that wants it.
+//!
+//! The first request for an uncached digest starts a `Flight`: a task that streams the origin's body
+//! into a temp file, hashing as it writes, and publishes its progress on a watch channel. Every
+//! request for that digest while it runs, through any registry or repository name, reads the same
+//! growing file and gets bytes as soon as they are written. The task belongs to no client, so it
+//! finishes when the client that started it disconnects. The blob is committed to the store only
+//! when its digest matched; the last byte of every response is held back until then, so a client can
+//! never see a complete response with wrong bytes — on failure its body is cut short instead.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, DigestHasher};
+use crate::store::FsStore;
+
+/// How many times a dropped download is resumed with a Range request before the flight fails.
+const MAX_RESUMES: u32 = 5;
+/// Bytes read from the file per chunk handed to a client.
+pub const READ_CHUNK: usize = 512 * 1024;
+
+/// An origin body, from some offset.
+pub struct BlobSource {
+    /// Bytes of the whole blob, when the origin said.
+    pub total: Option<u64>,
+    pub body: BoxStream<'static, Result<Bytes, Error>>,
+}
+
+/// Opens the origin's body at a byte offset (0 first; later offsets to resume after a drop).
+pub type Opener = Box<dyn Fn(u64) -> BoxFuture<'static, Result<BlobSource, Error>> + Send + Sync>;
+
+#[derive(Clone)]
+enum Progress {
+    Connecting,
+    Receiving { written: u64, total: Option<u64> },
+    Complete { total: u64 },
+    Failed(Arc<Error>),
+}
+
+/// A download in progress, readable while it grows.
+pub struct Flight {
+    digest: Digest,
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// What a request gets: the committed blob, or a flight to read along with.
+pub enum Joined {
+    Stored { file: File, size: u64 },
+    Flight(Arc<Flight>),
+}
+
+pub struct Flights {
+    store: FsStore,
+    metrics: Arc<Metrics>,
+    inflight: Mutex<HashMap<Digest, Arc<Flight>>>,
+}
+
+impl Flights {
+    pub fn new(store: FsStore, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Flights { store, metrics, inflight: Mutex::default() })
+    }
+
+    /// The in-flight download of `digest`, if one runs.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Flight>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
+    }
+
+    /// Returns the stored blob, joins the running flight, or starts one with `opener`. The store and the
+    /// flight table are checked under one lock, and a flight leaves the table only after its commit, so
+    /// no request can miss both and start a second download.
+    pub fn join_or_start(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Joined> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(digest) {
+            return Ok(Joined::Flight(f.clone()));
+        }
+        if let Some((file, size)) = self.store.open_blob(digest)? {
+            return Ok(Joined::Stored { file, size });
+        }
+        let flight = self.launch(digest, origin, opener, true)?;
+        map.insert(digest.clone(), flight.clone());
+        Ok(Joined::Flight(flight))
+    }
+
+    /// A download for one client only, never stored: content fetched with a client's own credentials.
+    pub fn private(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Arc<Flight>> {
+        self.launch(digest, origin, opener, false)
+    }
+
+    fn launch(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener, commit: bool) -> io::Result<Arc<Flight>> {
+        let temp = self.store.temp_file()?;
+        let reader = temp.file.try_clone()?;
+        let (tx, rx) = watch::channel(Progress::Connecting);
+        let flight = Arc::new(Flight { digest: digest.clone(), file: Arc::new(reader), progress: rx });
+        let flights = self.clone();
+        let digest = digest.clone();
+        let origin = origin.to_owned();
+        tokio::spawn(async move {
+            flights.metrics.inflight_downloads.inc();
+            let result = download(&origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
+            let result = match result {
+                Ok(total) if commit => flights.store.commit_blob(&temp.path, &digest).map(|_| total).map_err(Error::from),
+                Ok(total) => {
+                    let _ = std::fs::remove_file(&temp.path);
+                    Ok(total)
+                }
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                let _ = std::fs::remove_file(&temp.path);
+            }
+            match &result {
+                Ok(total) => {
+                    tracing::debug!(%digest, bytes = total, "blob download complete");
+                    tx.send_replace(Progress::Complete { total: *total });
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "blob download failed; nothing stored");
+                    tx.send_replace(Progress::Failed(Arc::new(e.clone())));
+                }
+            }
+            if commit {
+                let mut map = flights.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                map.remove(&digest);
+            }
+            flights.metrics.inflight_downloads.dec();
+        });
+        Ok(flight)
+    }
+}
+
+async fn download(
+    origin: &str,
+    digest: &Digest,
+    opener: Opener,
+    mut file: File,
+    tx: &watch::Sender<Progress>,
+    metrics: &Metrics,
+) -> Result<u64, Error> {
+    let mut source = opener(0).await?;
+    let total = source.total;
+    tx.send_replace(Progress::Receiving { written: 0, total });
+    let mut hasher = DigestHasher::new(digest.algorithm());
+    let mut written: u64 = 0;
+    let mut resumes = 0;
+    // Small network chunks are gathered so the file, the hasher and the readers see fewer, larger writes.
+    let mut pending = BytesMut::new();
+    loop {
+        let next = match source.body.next().await {
+            Some(Ok(chunk)) => {
+                pending.extend_from_slice(&chunk);
+                Some(Ok(()))
+            }
+            other => other.map(|r| r.map(|_| ())),
+        };
+        let ended = !matches!(next, Some(Ok(())));
+        if !pending.is_empty() && (ended || pending.len() >= 64 * 1024 || source.body.size_hint().0 == 0) {
+            if total.is_some_and(|t| written + pending.len() as u64 > t) {
+                return Err(bad_body(origin, digest, "more bytes than Content-Length"));
+            }
+            file.write_all(&pending)?;
+            hasher.update(&pending);
+            written += pending.len() as u64;
+            metrics.bytes_from_upstream.inc_by(pending.len() as u64);
+            pending.clear();
+            tx.send_replace(Progress::Receiving { written, total });
+        }
+        match next {
+            Some(Ok(_)) => continue,
+            None if total.is_none_or(|t| written == t) => break,
+            Some(Err(e)) if total.is_none() => return Err(e),
+            // Dropped or short: resume from where we are, if the origin tells us how long the blob is.
+            failure => {
+                if resumes >= MAX_RESUMES {
+                    return Err(match failure {
+                        Some(Err(e)) => e,
+                        _ => bad_body(origin, digest, "body ended early"),
+                    });
+                }
+                resumes += 1;
+                tracing::info!(%digest, offset = written, attempt = resumes, "origin dropped the blob; resuming with a Range request");
+                metrics.resumes.inc();
+                source = opener(written).await?;
+                if source.total != total {
+                    return Err(bad_body(origin, digest, "blob length changed while resuming"));
+                }
+            }
+        }
+    }
+    let actual = hasher.finish();
+    if actual != *digest {
+        return Err(Error::DigestMismatch {
+            origin: origin.to_owned(),
+            what: format!("blob {digest}"),
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    file.sync_all()?;
+    Ok(written)
+}
+
+fn bad_body(origin: &str, digest: &Digest, detail: &str) -> Error {
+    Error::BadUpstreamBody {
+        origin: origin.to_owned(),
+        what: format!("blob {digest}"),
+        detail: detail.into(),
+    }
+}
+
+impl Flight {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Waits until the origin has answered: the blob's length (if announced), or the origin's error.
+    pub async fn started(&self) -> Result<Option<u64>, Arc<Error>> {
+        let mut rx = self.progress.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Connecting => {}
+                Progress::Receiving { total, .. } => return Ok(*total),
+                Progress::Complete { total } => return Ok(Some(*total)),
+                Progress::Failed(e) => return Err(e.clone()),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(Error::from(io::Error::other("download task ended without a result"))));
+            }
+        }
+    }
+
+    /// The length if known now, without waiting.
+    pub fn known_size(&self) -> Option<u64> {
+        match &*self.progress.borrow() {
+            Progress::Receiving { total, .. } => *total,
+            Progress::Complete { total } => Some(*total),
+            _ => None,
+        }
+    }
+
+    /// Bytes `start..end` (end exclusive; `None` = to the end) as they arrive. The final byte of the
+    /// range is sent only once the whole blob is verified; on failure the stream ends with an error.
+    pub fn read(self: &Arc<Self>, start: u64, end: Option<u64>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let state = (self.clone(), self.progress.clone(), start);
+        futures_util::stream::unfold(Some(state), move |state| async move {
+            let (flight, mut rx, pos) = state?;
+            loop {
+                let (avail, complete) = match &*rx.borrow_and_update() {
+                    Progress::Connecting => (0, false),
+                    Progress::Receiving { written, .. } => (*written, false),
+                    Progress::Complete { total } => (*total, true),
+                    Progress::Failed(e) => return Some((Err(io::Error::other(e.to_string())), None)),
+                };
+                let stop = match end {
+                    Some(e) => e,
+                    None if complete => avail,
+                    None => u64::MAX,
+                };
+                if pos >= stop && complete {
+                    return None;
+                }
+                let mut until = avail.min(stop);
+                if !complete && until > pos && (until == stop || end.is_none()) {
+                    // Hold back the response's final byte until the digest is verified.
+                    until -= 1;
+                }
+                if until > pos {
+                    let n = (until - pos).min(READ_CHUNK as u64) as usize;
+                    let file = flight.file.clone();
+                    let read = tokio::task::spawn_blocking(move || read_exact_at(&file, pos, n)).await;
+                    let bytes = match read {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(e)) => return Some((Err(e), None)),
+                        Err(e) => return Some((Err(io::Error::other(e)), None)),
+                    };
+                    let next = pos + bytes.len() as u64;
+                    return Some((Ok(bytes), Some((flight, rx, next))));
+                }
+                if rx.changed().await.is_err() {
+                    return Some((Err(io::Error::other("download ended without a result")), None));
+                }
+            }
+        })
+    }
+}
+
+fn read_exact_at(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, pos)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Streams `start..end` of a committed blob file.
+pub fn read_file(file: File, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let file = Arc::new(file);
+    futures_util::stream::unfold((file, start), move |(file, pos)| async move {
+        if pos >= end {
+            return None;
+        }
+        let n = (end - pos).min(READ_CHUNK as u64) as usize;
+        let f = file.clone();
+        match tokio::task::spawn_blocking(move || read_exact_at(&f, pos, n)).await {
+            Ok(Ok(b)) => Some((Ok(b), (file, pos + n as u64))),
+            Ok(Err(e)) => Some((Err(e), (file, end))),
+            Err(e) => Some((Err(io::Error::other(e)), (file, end))),
+        }
+    })
+}

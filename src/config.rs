@@ -1,0 +1,290 @@
+//! Configuration: the flags of containerd-registry-cache (same names, same meaning) plus ocicache's
+//! own, and an optional TOML file with the same settings. Flags override the file. Everything is
+//! validated once here, so a bad setting fails at start with a message naming it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, ValueEnum};
+use regex::Regex;
+use serde::Deserialize;
+use url::Url;
+
+use crate::cache::TagPolicy;
+use crate::oci::RegistryName;
+use crate::upstream::{Credentials, Registries};
+
+pub const DEFAULT_PORT: u16 = 3000;
+pub const DEFAULT_CACHE_DIR: &str = "/tmp/data";
+pub const DEFAULT_SKIP_TAGS: &str = "latest";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Command-line flags. Every value is optional so that a flag the user did not give leaves the
+/// config file's value (or the default) in place.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ocicache",
+    version,
+    about = "A pull-through cache for OCI container registries: one endpoint for many registries",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+
+    /// TOML config file with the same settings as these flags (flags win)
+    #[arg(short = 'c', long = "config", value_name = "FILE", env = "OCICACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Port to listen on [default: 3000]
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+
+    /// Address to listen on [default: 0.0.0.0]
+    #[arg(long, value_name = "IP")]
+    pub listen: Option<IpAddr>,
+
+    /// Cache directory [default: /tmp/data]
+    #[arg(short = 'd', long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Cache manifests by tag (`--cache-manifests=false` asks the origin for every tag) [default: true]
+    #[arg(short = 'm', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    pub cache_manifests: Option<bool>,
+
+    /// Regex of tags never served from the cache (unanchored; empty disables) [default: latest]
+    #[arg(short = 't', long, value_name = "REGEX")]
+    pub skip_tags: Option<String>,
+
+    /// YAML credentials for origins: `<host>[/<path prefix>]: {username, password}`, longest prefix wins
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub creds_file: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug, trace (or a tracing filter) [default: info]
+    #[arg(short = 'l', long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log format [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Registry whose manifests are never cached (only blobs); repeatable
+    #[arg(long = "private-registry", value_name = "HOST")]
+    pub private_registry: Vec<String>,
+
+    /// S3 bucket for the cache (not supported yet: object storage is a later release)
+    #[arg(short = 'b', long, value_name = "NAME")]
+    pub bucket: Option<String>,
+
+    /// Where registry NAME is fetched from, endpoints tried in order; repeatable.
+    /// Example: --upstream myreg.test=http://127.0.0.1:5000
+    #[arg(long, value_name = "NAME=URL[,URL...]")]
+    pub upstream: Vec<String>,
+
+    /// Extra registry that may be dialled (exact host[:port] or `*.domain`); repeatable
+    #[arg(long = "allow-registry", value_name = "NAME")]
+    pub allow_registry: Vec<String>,
+
+    /// Registry for requests with neither `?ns=` nor a registry host in the path [default: docker.io]
+    #[arg(long, value_name = "NAME")]
+    pub default_registry: Option<String>,
+}
+
+/// Go's flag package accepts these spellings; containerd-registry-cache's README uses `=no`.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "yes" | "y" | "on" => Ok(true),
+        "0" | "f" | "false" | "no" | "n" | "off" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (use true or false)")),
+    }
+}
+
+/// The TOML file. Unknown keys are errors, so a typo never silently does nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub port: Option<u16>,
+    pub listen: Option<IpAddr>,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_manifests: Option<bool>,
+    pub skip_tags: Option<String>,
+    pub creds_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub private_registries: Vec<String>,
+    pub bucket: Option<String>,
+    #[serde(default)]
+    pub allow_registries: Vec<String>,
+    pub default_registry: Option<String>,
+    /// Per-registry settings, keyed by registry name.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryFileConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFileConfig {
+    /// Same as `--upstream NAME=URL,...`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cache_dir: PathBuf,
+    pub policy: TagPolicy,
+    pub credentials: Credentials,
+    pub registries: Registries,
+    pub default_registry: RegistryName,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(s: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(s.into())
+}
+
+impl Config {
+    /// Parses command-line arguments (including the program name) into a validated config.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args).map_err(|e| invalid(e.to_string()))?;
+        Config::from_cli(cli)
+    }
+
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::merge(cli, file)
+    }
+
+    fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        if let Some(bucket) = cli.bucket.or(file.bucket) {
+            return Err(invalid(format!(
+                "--bucket {bucket}: object storage (S3) is not supported yet in this version of ocicache; \
+                 use the local disk cache (--cache-dir) for now"
+            )));
+        }
+        let port = cli.port.or(file.port).unwrap_or(DEFAULT_PORT);
+        let ip = cli.listen.or(file.listen).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let cache_dir = cli.cache_dir.or(file.cache_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+        let skip = cli.skip_tags.or(file.skip_tags).unwrap_or_else(|| DEFAULT_SKIP_TAGS.to_owned());
+        let skip_tags = if skip.is_empty() {
+            None
+        } else {
+            Some(Regex::new(&skip).map_err(|e| invalid(format!("--skip-tags {skip:?} is not a valid regex: {e}")))?)
+        };
+
+        let creds_file = cli.creds_file.or(file.creds_file);
+        let credentials = match &creds_file {
+            Some(p) => Credentials::load(p).map_err(invalid)?,
+            None => Credentials::default(),
+        };
+
+        let mut endpoints: BTreeMap<RegistryName, Vec<Url>> = BTreeMap::new();
+        for (name, reg) in &file.registries {
+            if !reg.endpoints.is_empty() {
+                let key = format!("registries.\"{name}\".endpoints");
+                endpoints.insert(parse_name(name, &key)?, parse_urls(&reg.endpoints, &key)?);
+            }
+        }
+        for spec in &cli.upstream {
+            let (name, urls) = spec
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("--upstream {spec:?}: expected NAME=URL[,URL...]")))?;
+            let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
+            let key = format!("--upstream {spec}");
+            endpoints.insert(parse_name(name, &key)?, parse_urls(&urls, &key)?);
+        }
+
+        let private: Vec<String> = if cli.private_registry.is_empty() { file.private_registries } else { cli.private_registry };
+        let private_registries =
+            private.iter().map(|r| parse_name(r, "--private-registry")).collect::<Result<Vec<_>, _>>()?;
+
+        // Registries the operator named anywhere are registries the operator meant to reach.
+        let mut allowed: Vec<String> = file.allow_registries;
+        allowed.extend(cli.allow_registry);
+        allowed.extend(private_registries.iter().map(ToString::to_string));
+        allowed.extend(credentials.registries().map(ToString::to_string));
+        let registries = Registries::new(endpoints, &allowed).map_err(invalid)?;
+
+        let default_name = cli.default_registry.or(file.default_registry).unwrap_or_else(|| "docker.io".to_owned());
+        let default_registry = parse_name(&default_name, "--default-registry")?;
+        if !registries.is_allowed(&default_registry) {
+            return Err(invalid(format!(
+                "--default-registry {default_name}: not allowed; add it with --allow-registry or --upstream"
+            )));
+        }
+
+        let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned());
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| invalid(format!("--log-level {log_level:?}: {e}")))?;
+
+        Ok(Config {
+            listen: SocketAddr::new(ip, port),
+            cache_dir,
+            policy: TagPolicy {
+                cache_manifests: cli.cache_manifests.or(file.cache_manifests).unwrap_or(true),
+                skip_tags,
+                private_registries,
+            },
+            credentials,
+            registries,
+            default_registry,
+            log_level,
+            log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+fn parse_name(s: &str, key: &str) -> Result<RegistryName, ConfigError> {
+    RegistryName::parse(s).map_err(|e| invalid(format!("{key}: {}", e.message)))
+}
+
+fn parse_urls(urls: &[String], key: &str) -> Result<Vec<Url>, ConfigError> {
+    if urls.is_empty() {
+        return Err(invalid(format!("{key}: at least one URL is needed")));
+    }
+    urls.iter()
+        .map(|u| {
+            let url = Url::parse(u.trim()).map_err(|e| invalid(format!("{key}: {u:?} is not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(invalid(format!("{key}: {u:?} must be an http:// or https:// URL")));
+            }
+            Ok(url)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

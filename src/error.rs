@@ -1,0 +1,145 @@
+//! Every way a request can fail, as one type, and the single place where each failure becomes an
+//! OCI error response (status, code, message and the headers clients need to react: a challenge to
+//! authenticate, or when to retry).
+
+use std::sync::Arc;
+
+use http::{HeaderValue, StatusCode};
+
+use crate::oci::{ErrorCode, OciError, RegistryName};
+
+/// What an upstream request was about, so a 404 becomes the right OCI code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Manifest,
+    Blob,
+    Tags,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Request(#[from] OciError),
+
+    #[error("registry {0} is not on this cache's allow-list; ask the operator to add it with --allow-registry or --upstream")]
+    RegistryDenied(RegistryName),
+
+    /// The origin answered with an error status; passed on so containerd can fall back or authenticate.
+    #[error("{registry} answered {status} for {what}")]
+    Upstream {
+        registry: RegistryName,
+        resource: Resource,
+        what: String,
+        status: StatusCode,
+        /// The origin's `WWW-Authenticate`, passed through unchanged on 401.
+        challenge: Option<HeaderValue>,
+        retry_after: Option<HeaderValue>,
+    },
+
+    #[error("the credentials configured for {registry} were rejected by the registry ({detail})")]
+    CredentialsRejected { registry: RegistryName, detail: String, challenge: Option<HeaderValue> },
+
+    #[error("cannot reach {registry}: {reason}")]
+    Unreachable { registry: RegistryName, reason: String },
+
+    #[error("{origin} sent content for {what} that does not match its digest {expected} (got {actual})")]
+    DigestMismatch { origin: String, what: String, expected: String, actual: String },
+
+    #[error("{origin} sent a body for {what} that is not what it announced: {detail}")]
+    BadUpstreamBody { origin: String, what: String, detail: String },
+
+    #[error("manifest {what} from {registry} is larger than the {limit} bytes a manifest may have")]
+    ManifestTooLarge { registry: RegistryName, what: String, limit: usize },
+
+    #[error("range {0:?} cannot be satisfied")]
+    RangeNotSatisfiable(String, u64),
+
+    #[error("cache storage failed: {0}")]
+    Store(Arc<std::io::Error>),
+
+    #[error("{0}")]
+    Shared(Arc<Error>),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Store(Arc::new(e))
+    }
+}
+
+impl Error {
+    /// The error behind any sharing wrapper (coalesced requests hand one error to many clients).
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Shared(e) => e.inner(),
+            e => e,
+        }
+    }
+
+    /// Status, OCI error and extra headers, decided here and nowhere else.
+    pub fn response_parts(&self) -> (StatusCode, OciError, Vec<(http::HeaderName, HeaderValue)>) {
+        let msg = self.to_string();
+        let mut headers = Vec::new();
+        let (status, code) = match self.inner() {
+            Error::Request(e) => (e.code.status(), e.code),
+            Error::RegistryDenied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            Error::Upstream { resource, status, challenge, retry_after, .. } => {
+                match *status {
+                    StatusCode::UNAUTHORIZED => {
+                        if let Some(c) = challenge {
+                            headers.push((http::header::WWW_AUTHENTICATE, c.clone()));
+                        }
+                        (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+                    }
+                    StatusCode::FORBIDDEN => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+                    StatusCode::NOT_FOUND => (
+                        StatusCode::NOT_FOUND,
+                        match resource {
+                            Resource::Manifest => ErrorCode::ManifestUnknown,
+                            Resource::Blob => ErrorCode::BlobUnknown,
+                            Resource::Tags => ErrorCode::NameUnknown,
+                        },
+                    ),
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        if let Some(r) = retry_after {
+                            headers.push((http::header::RETRY_AFTER, r.clone()));
+                        }
+                        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+                    }
+                    s if s.is_client_error() => (s, ErrorCode::Unknown),
+                    _ => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+                }
+            }
+            Error::CredentialsRejected { challenge, .. } => {
+                if let Some(c) = challenge {
+                    headers.push((http::header::WWW_AUTHENTICATE, c.clone()));
+                }
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+            }
+            Error::Unreachable { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+            Error::DigestMismatch { .. } | Error::BadUpstreamBody { .. } => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+            }
+            Error::ManifestTooLarge { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid),
+            Error::RangeNotSatisfiable(_, size) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.push((http::header::CONTENT_RANGE, v));
+                }
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
+            }
+            Error::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
+            Error::Shared(_) => unreachable_shared(),
+        };
+        (status, OciError::new(code, msg), headers)
+    }
+
+    /// Whether the origin refused without credentials, so a client that sent its own may try them.
+    pub fn wants_client_credentials(&self) -> bool {
+        matches!(self.inner(), Error::Upstream { status, .. } if *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN || *status == StatusCode::NOT_FOUND)
+    }
+}
+
+/// `inner()` never returns `Shared`; kept as a function so the match above stays total without a panic.
+fn unreachable_shared() -> (StatusCode, ErrorCode) {
+    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown)
+}

@@ -1,0 +1,42 @@
+//! ocicache: a pull-through cache for OCI container registries. One endpoint serves every origin
+//! registry (containerd's `?ns=`, or the registry host in the path), fetches each piece of content
+//! once, verifies it against its digest, and serves every later pull from local disk.
+//!
+//! `run` takes an already bound listener so tests (and embedders) choose the address, and a shutdown
+//! future so they choose when it stops.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod oci;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::Error;
+
+/// Builds the application state from a validated config: opens the store, builds the origin client.
+pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
+    let store = store::FsStore::open(&config.cache_dir)
+        .map_err(|e| format!("cannot open cache directory {}: {e}", config.cache_dir.display()))?;
+    let origin = upstream::OriginClient::new(config.registries.clone(), config.credentials.clone())?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let cache = cache::Cache::new(store, origin, config.policy.clone(), metrics.clone());
+    Ok(Arc::new(server::AppState { cache, metrics, default_registry: config.default_registry.clone() }))
+}
+
+/// Serves the cache on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let state = build(&config)?;
+    let app = server::router(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| format!("server error: {e}"))
+}

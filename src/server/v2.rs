@@ -1,0 +1,253 @@
+//! The `/v2/...` handler: parse the route once, dispatch to the cache, and turn its answer into the
+//! exact headers clients depend on (digest, length, media type, ranges).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt, TryStreamExt};
+use http::header::{ACCEPT_RANGES, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE};
+use http::{HeaderMap, Method, StatusCode, Uri};
+
+use super::range::{self, RangeRequest};
+use super::response::{self, header, API_VERSION, CONTENT_DIGEST};
+use super::AppState;
+use crate::cache::{BlobAnswer, ManifestAnswer, ManifestQuery};
+use crate::error::{Error, Resource};
+use crate::metrics::CacheResult;
+use crate::oci::{route, AcceptList, Digest, ErrorCode, OciError, Reference, Route, RouteKind, Target};
+use crate::upstream::OriginRequest;
+
+pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let head = method == Method::HEAD;
+    let ns = ns_param(uri.query());
+    let route = route::parse(uri.path(), ns.as_deref(), &state.default_registry);
+    let (route_label, outcome) = match route {
+        _ if method != Method::GET && !head => (
+            "other",
+            Err(Error::Request(OciError::new(
+                ErrorCode::Unsupported,
+                format!("{method} is not supported: ocicache is a read-only pull-through cache"),
+            ))),
+        ),
+        Err(e) => ("invalid", Err(Error::Request(e))),
+        Ok(Route::Base) => ("base", Ok((base(), None))),
+        Ok(Route::Api { target, kind }) => {
+            let label = match kind {
+                RouteKind::Manifest(_) => "manifest",
+                RouteKind::Blob(_) => "blob",
+                RouteKind::Tags => "tags",
+            };
+            if !state.cache.origin().registries().is_allowed(&target.registry) {
+                (label, Err(Error::RegistryDenied(target.registry.clone())))
+            } else {
+                let r = api(&state, &target, kind, head, &headers, uri.query()).await;
+                (label, r.map(|(resp, result)| (resp, Some((target, result)))))
+            }
+        }
+    };
+    let (response, target) = match outcome {
+        Ok((resp, t)) => (resp, t),
+        Err(e) => {
+            let resp = response::error(&e, head);
+            let level_warn = resp.status().is_server_error();
+            if level_warn {
+                tracing::warn!(%method, path = %uri.path(), status = resp.status().as_u16(), error = %e, "request failed");
+            } else {
+                tracing::info!(%method, path = %uri.path(), status = resp.status().as_u16(), error = %e, "request refused");
+            }
+            (resp, None)
+        }
+    };
+    let status = response.status().as_u16();
+    state.metrics.http_request(route_label, method.as_str(), status);
+    if let Some((target, result)) = target {
+        tracing::info!(
+            %method,
+            registry = %target.registry,
+            repository = %target.repository,
+            route = route_label,
+            path = %uri.path(),
+            status,
+            cache = result.map(CacheResult::as_str).unwrap_or("-"),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+    response
+}
+
+/// containerd's `?ns=<registry>`; the only query parameter ocicache reads on manifests and blobs.
+fn ns_param(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned())
+}
+
+fn base() -> Response {
+    ([(CONTENT_TYPE, "application/json"), (API_VERSION.parse().unwrap_or(CONTENT_TYPE), "registry/2.0")], "{}")
+        .into_response()
+}
+
+type Answer = (Response, Option<CacheResult>);
+
+async fn api(
+    state: &AppState,
+    target: &Target,
+    kind: RouteKind,
+    head: bool,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Answer, Error> {
+    let client_auth = headers.get(AUTHORIZATION).cloned();
+    match kind {
+        RouteKind::Manifest(reference) => {
+            let q = ManifestQuery {
+                target: target.clone(),
+                reference,
+                accept: AcceptList::from_headers(headers),
+                head,
+                client_auth,
+            };
+            let answer = state.cache.manifest(&q).await?;
+            let result = answer.result();
+            Ok((manifest_response(answer, head, &q.reference), Some(result)))
+        }
+        RouteKind::Blob(digest) => {
+            let answer = state.cache.blob(target, &digest, head, client_auth).await?;
+            let result = answer.result();
+            let range = headers.get(RANGE).and_then(|v| v.to_str().ok());
+            Ok((blob_response(state, answer, &digest, head, range)?, Some(result)))
+        }
+        RouteKind::Tags => Ok((tags(state, target, head, query, client_auth).await?, None)),
+    }
+}
+
+fn manifest_response(answer: ManifestAnswer, head: bool, reference: &Reference) -> Response {
+    let mut b = Response::builder().status(StatusCode::OK).header(API_VERSION, "registry/2.0");
+    match answer {
+        ManifestAnswer::Full { manifest, .. } => {
+            b = b
+                .header(CONTENT_TYPE, header(&manifest.media_type))
+                .header(CONTENT_LENGTH, manifest.bytes.len())
+                .header(CONTENT_DIGEST, header(manifest.digest.to_string()))
+                .header(ETAG, header(format!("\"{}\"", manifest.digest)));
+            let body = if head { Body::empty() } else { Body::from(manifest.bytes) };
+            b.body(body)
+        }
+        ManifestAnswer::Head { digest, media_type, size, .. } => {
+            b = b.header(CONTENT_TYPE, header(&media_type));
+            if let Some(d) = digest.or(match reference {
+                Reference::Digest(d) => Some(d.clone()),
+                Reference::Tag(_) => None,
+            }) {
+                b = b.header(CONTENT_DIGEST, header(d.to_string())).header(ETAG, header(format!("\"{d}\"")));
+            }
+            if let Some(s) = size {
+                b = b.header(CONTENT_LENGTH, s);
+            }
+            b.body(Body::empty())
+        }
+    }
+    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn blob_response(
+    state: &AppState,
+    answer: BlobAnswer,
+    digest: &Digest,
+    head: bool,
+    range_header: Option<&str>,
+) -> Result<Response, Error> {
+    let base = Response::builder()
+        .header(API_VERSION, "registry/2.0")
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(CONTENT_DIGEST, header(digest.to_string()))
+        .header(ETAG, header(format!("\"{digest}\"")))
+        .header(CACHE_CONTROL, "max-age=31536000")
+        .header(ACCEPT_RANGES, "bytes");
+    let size = match &answer {
+        BlobAnswer::Stored { size, .. } => Some(*size),
+        BlobAnswer::Flight { size, .. } | BlobAnswer::Head { size, .. } => *size,
+    };
+    let (status, range) = match size {
+        Some(size) => match range::parse(range_header, size) {
+            RangeRequest::Full => (StatusCode::OK, range::ByteRange { start: 0, end: size }),
+            RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
+            RangeRequest::Unsatisfiable => {
+                return Err(Error::RangeNotSatisfiable(range_header.unwrap_or("").to_owned(), size))
+            }
+        },
+        // Unknown length (the origin sent none): the whole body, chunked.
+        None => (StatusCode::OK, range::ByteRange { start: 0, end: u64::MAX }),
+    };
+    let mut b = base.status(status);
+    if let Some(size) = size {
+        b = b.header(CONTENT_LENGTH, range.end - range.start);
+        if status == StatusCode::PARTIAL_CONTENT {
+            b = b.header(CONTENT_RANGE, format!("bytes {}-{}/{size}", range.start, range.end - 1));
+        }
+    }
+    if head {
+        return Ok(b.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+    }
+    let body = match answer {
+        BlobAnswer::Stored { file, .. } => {
+            let counter = state.metrics.bytes_from_cache.clone();
+            let stream = crate::cache::flight::read_file(file, range.start, range.end).inspect_ok(move |b| {
+                counter.inc_by(b.len() as u64);
+            });
+            Body::from_stream(stream)
+        }
+        BlobAnswer::Flight { flight, size, .. } => {
+            let end = size.map(|_| range.end);
+            Body::from_stream(flight.read(range.start, end))
+        }
+        BlobAnswer::Head { .. } => Body::empty(),
+    };
+    Ok(b.body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// Tag lists are passed through from the origin (they change too often to be worth caching).
+async fn tags(
+    state: &AppState,
+    target: &Target,
+    head: bool,
+    query: Option<&str>,
+    client_auth: Option<http::HeaderValue>,
+) -> Result<Response, Error> {
+    let forwarded: Vec<(String, String)> = query
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "n" || k == "last").map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default();
+    let mut path = String::from("tags/list");
+    if !forwarded.is_empty() {
+        path.push('?');
+        path.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(forwarded).finish());
+    }
+    let mut req = OriginRequest {
+        target,
+        method: if head { Method::HEAD } else { Method::GET },
+        resource: Resource::Tags,
+        path,
+        accept: None,
+        range: None,
+        client_auth: None,
+    };
+    let resp = match state.cache.origin().send(&req).await {
+        Ok(r) => r,
+        Err(e) if e.wants_client_credentials() && client_auth.is_some() => {
+            req.client_auth = client_auth;
+            state.cache.origin().send(&req).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut b = Response::builder().status(resp.status()).header(API_VERSION, "registry/2.0");
+    for name in [CONTENT_TYPE, LINK] {
+        if let Some(v) = resp.headers().get(&name) {
+            b = b.header(name, v.clone());
+        }
+    }
+    let body = if head { Body::empty() } else { Body::from_stream(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other))) };
+    Ok(b.body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}

@@ -1,0 +1,192 @@
+//! The local-disk store. Every write goes to `tmp/`, is fsynced, then renamed into place (and the
+//! directory fsynced), so a crash at any point leaves either the old state or the complete new file,
+//! never a partial one where a reader looks.
+//!
+//! Layout under the cache directory:
+//! ```text
+//! blobs/<alg>/<hex[0..2]>/<hex>
+//! manifests/<alg>/<hex[0..2]>/<hex>            media type, newline, raw bytes
+//! tags/<registry>/<repository>/_tags/<tag>/<hex(media type)>.json
+//! tmp/                                          fills in progress; stale ones are removed at start
+//! ```
+//! `_tags` cannot collide with a repository component (those start with `[a-z0-9]`).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::{StoredManifest, TagEntry};
+use crate::oci::{Digest, RegistryName, Repository, Tag};
+
+/// Temp files untouched for this long belong to no live fill (fills write continuously).
+const STALE_TMP: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+/// A temp file being filled; `commit_blob` moves it into place.
+pub struct TempFile {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl FsStore {
+    pub fn open(root: &Path) -> io::Result<Self> {
+        for dir in ["blobs", "manifests", "tags", "tmp"] {
+            fs::create_dir_all(root.join(dir))?;
+        }
+        let store = FsStore { root: root.to_path_buf() };
+        store.remove_stale_temp_files();
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return };
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() > STALE_TMP)
+                .unwrap_or(true);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn content_path(&self, kind: &str, d: &Digest) -> PathBuf {
+        self.root.join(kind).join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.content_path("blobs", d)
+    }
+
+    /// The size of a committed blob, if present.
+    pub fn blob_size(&self, d: &Digest) -> Option<u64> {
+        fs::metadata(self.blob_path(d)).ok().filter(|m| m.is_file()).map(|m| m.len())
+    }
+
+    /// Opens a committed blob for reading.
+    pub fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
+        match File::open(self.blob_path(d)) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new, uniquely named file in `tmp/`, opened for reading and writing.
+    pub fn temp_file(&self) -> io::Result<TempFile> {
+        let path = self.root.join("tmp").join(format!("fill-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(TempFile { path, file })
+    }
+
+    /// Moves a fully written and verified temp file into place as blob `d`.
+    pub fn commit_blob(&self, temp: &Path, d: &Digest) -> io::Result<()> {
+        let dest = self.blob_path(d);
+        place(temp, &dest)
+    }
+
+    pub fn manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
+        let raw = match fs::read(self.content_path("manifests", d)) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("manifest {d} has no media type line")));
+        };
+        let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
+        let bytes = Bytes::from(raw).slice(nl + 1..);
+        Ok(Some(StoredManifest { digest: d.clone(), media_type, bytes }))
+    }
+
+    /// Stores manifest bytes under their digest. The caller has verified `d` against `bytes`.
+    pub fn put_manifest(&self, d: &Digest, media_type: &str, bytes: &[u8]) -> io::Result<()> {
+        if !valid_media_type(media_type) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
+        }
+        let mut content = Vec::with_capacity(media_type.len() + 1 + bytes.len());
+        content.extend_from_slice(media_type.as_bytes());
+        content.push(b'\n');
+        content.extend_from_slice(bytes);
+        self.write_atomic(&self.content_path("manifests", d), &content)
+    }
+
+    fn tag_dir(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> PathBuf {
+        self.root.join("tags").join(registry.as_str()).join(repo.as_str()).join("_tags").join(tag.as_str())
+    }
+
+    /// Every media type's entry for a tag.
+    pub fn tag_entries(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> io::Result<Vec<TagEntry>> {
+        let dir = self.tag_dir(registry, repo, tag);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "json") {
+                // An unreadable entry is a cache miss, not an error: it is rewritten on the next fetch.
+                if let Ok(e) = fs::read(entry.path()).and_then(|b| serde_json::from_slice(&b).map_err(io::Error::other)) {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_tag(&self, registry: &RegistryName, repo: &Repository, tag: &Tag, entry: &TagEntry) -> io::Result<()> {
+        if !valid_media_type(&entry.media_type) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
+        }
+        let path = self.tag_dir(registry, repo, tag).join(format!("{}.json", hex::encode(&entry.media_type)));
+        let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        self.write_atomic(&path, &json)
+    }
+
+    fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<()> {
+        let mut tmp = self.temp_file()?;
+        let result = tmp.file.write_all(content).and_then(|_| tmp.file.sync_all()).and_then(|_| place(&tmp.path, dest));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp.path);
+        }
+        result
+    }
+}
+
+/// Renames `temp` to `dest` (creating parents) and fsyncs the directory so the rename survives a crash.
+fn place(temp: &Path, dest: &Path) -> io::Result<()> {
+    let parent = dest.parent().ok_or_else(|| io::Error::other("destination has no parent"))?;
+    fs::create_dir_all(parent)?;
+    fs::rename(temp, dest)?;
+    File::open(parent)?.sync_all()
+}
+
+/// Media types become part of stored files; only the characters RFC 6838 names allow are accepted.
+pub fn valid_media_type(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 255
+        && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b))
+        && m.bytes().filter(|&b| b == b'/').count() == 1
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

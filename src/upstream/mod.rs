@@ -1,0 +1,14 @@
+//! Talking to origin registries: which ones may be dialled and at which endpoints, with which
+//! credentials, through the token dance, following redirects without leaking credentials.
+
+pub mod auth;
+pub mod client;
+pub mod creds;
+pub mod registries;
+
+pub use client::{OriginClient, OriginRequest};
+pub use creds::{Credential, Credentials};
+pub use registries::Registries;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! The allow-list and endpoint table. `ns` and path-routed registry names are attacker-controlled, so a
+//! registry is dialled only when the operator allowed it; anything else is refused before any DNS lookup.
+
+use std::collections::BTreeMap;
+
+use url::Url;
+
+use crate::oci::RegistryName;
+
+/// Public registries allowed out of the box. `*.domain` matches any subdomain (not the domain itself).
+pub const BUILTIN_ALLOWED: &[&str] = &[
+    "docker.io",
+    "ghcr.io",
+    "quay.io",
+    "registry.k8s.io",
+    "gcr.io",
+    "*.gcr.io",
+    "*.pkg.dev",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+    "nvcr.io",
+    "*.azurecr.io",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct Registries {
+    endpoints: BTreeMap<RegistryName, Vec<Url>>,
+    exact: Vec<RegistryName>,
+    suffixes: Vec<String>,
+}
+
+impl Registries {
+    /// `endpoints`: explicitly configured origins (always allowed). `allowed`: extra names or `*.domain`
+    /// patterns. Both are checked by the config layer; here they are trusted.
+    pub fn new(endpoints: BTreeMap<RegistryName, Vec<Url>>, allowed: &[String]) -> Result<Self, String> {
+        let mut r = Registries { endpoints, ..Default::default() };
+        for pattern in BUILTIN_ALLOWED.iter().copied().chain(allowed.iter().map(String::as_str)) {
+            r.allow(pattern)?;
+        }
+        Ok(r)
+    }
+
+    fn allow(&mut self, pattern: &str) -> Result<(), String> {
+        if let Some(domain) = pattern.strip_prefix("*.") {
+            RegistryName::parse(domain).map_err(|e| format!("allow-list entry {pattern:?}: {}", e.message))?;
+            self.suffixes.push(format!(".{}", domain.to_ascii_lowercase()));
+        } else {
+            let name =
+                RegistryName::parse(pattern).map_err(|e| format!("allow-list entry {pattern:?}: {}", e.message))?;
+            self.exact.push(name);
+        }
+        Ok(())
+    }
+
+    pub fn is_allowed(&self, name: &RegistryName) -> bool {
+        if self.endpoints.contains_key(name) || self.exact.contains(name) {
+            return true;
+        }
+        // Patterns never match a name with a port or an IP literal: those must be named exactly.
+        let s = name.as_str();
+        name.ip().is_none() && !s.contains(':') && self.suffixes.iter().any(|suf| s.ends_with(suf.as_str()))
+    }
+
+    /// Where to fetch `name` from, in order; `None` when it is not allowed.
+    pub fn endpoints(&self, name: &RegistryName) -> Option<Vec<Url>> {
+        if let Some(urls) = self.endpoints.get(name) {
+            return Some(urls.clone());
+        }
+        if !self.is_allowed(name) {
+            return None;
+        }
+        let host = if name.is_docker_hub() { "registry-1.docker.io" } else { name.as_str() };
+        Url::parse(&format!("https://{host}")).ok().map(|u| vec![u])
+    }
+
+    pub fn configured(&self) -> impl Iterator<Item = (&RegistryName, &Vec<Url>)> {
+        self.endpoints.iter()
+    }
+}
