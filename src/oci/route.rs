@@ -78,7 +78,14 @@ pub fn parse(path: &str, ns: Option<&str>, default_registry: &RegistryName) -> R
             format!("percent-encoded characters are not allowed in {:?}", truncate(path)),
         ));
     }
-    let segments: Vec<&str> = rest.split('/').collect();
+    // Push endpoints end in a slash (`/blobs/uploads/`); they are refused below as unsupported.
+    let segments: Vec<&str> = rest.strip_suffix('/').unwrap_or(rest).split('/').collect();
+    if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+        return Err(OciError::new(
+            ErrorCode::NameInvalid,
+            format!("empty, `.` or `..` path segments are not allowed in {:?}", truncate(path)),
+        ));
+    }
     if segments.len() < 3 {
         return Err(unsupported(path));
     }

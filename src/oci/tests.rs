@@ -126,6 +126,7 @@ fn base_and_bad_paths() {
     assert_eq!(code("/v3/a/manifests/x", None), ErrorCode::Unsupported);
     assert_eq!(code("/v2/a/manifests/x", Some("bad host")), ErrorCode::NameInvalid);
     assert_eq!(code("/v2//a/manifests/x", None), ErrorCode::NameInvalid);
+    assert_eq!(code("/v2/a/manifests/..", None), ErrorCode::NameInvalid);
 }
 
 #[test]

@@ -10,10 +10,12 @@
 //! All traffic stays on 127.0.0.1.
 #![allow(dead_code, unused_imports)]
 
+pub mod cache;
 pub mod containerd;
 pub mod image;
 pub mod registry;
 
+pub use cache::*;
 pub use containerd::*;
 pub use image::*;
 pub use registry::*;

@@ -1,0 +1,312 @@
+//! Core behaviour through a real upstream registry (Debian's docker-registry) and real clients
+//! (skopeo, raw HTTP): routing, verified caching, policy, auth pass-through and bad input.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+
+const ACCEPT_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Builds a three-layer image and pushes it to `registry` as `repo:tag`.
+fn push_image(registry: &Registry, repo: &str, tag: &str, seed: u64) -> (tempfile::TempDir, BuiltImage) {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = vec![
+        LayerSpec::file("etc/hostname", format!("image {seed}\n")),
+        LayerSpec::file("data/random.bin", random_bytes(300_000, seed)),
+        LayerSpec::file("bin/tool", random_bytes(50_000, seed + 1)),
+    ];
+    let img = build_image(dir.path(), tag, "amd64", &layers);
+    push(&img.layout, tag, &format!("{}/{repo}:{tag}", registry.addr()), Format::Oci, None);
+    (dir, img)
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// What skopeo wrote into a `dir:` destination, checked against the built image.
+fn assert_same_image(dest: &Path, img: &BuiltImage) {
+    assert_eq!(read(&dest.join("manifest.json")), img.manifest, "manifest bytes differ");
+    for (digest, blob) in img.layer_digests.iter().zip(&img.layer_blobs) {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        assert_eq!(&read(&dest.join(hex)), blob, "layer {digest} differs");
+    }
+}
+
+#[test]
+fn path_routed_pull_is_identical_and_second_pull_makes_no_upstream_request() {
+    let upstream = Registry::start();
+    let (_d, img) = push_image(&upstream, "test/img", "1", 1);
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+    let src = format!("docker://{}/one.test/test/img:1", cache.addr());
+
+    let first = tempfile::tempdir().unwrap();
+    assert_success(&skopeo_copy_to_dir(&src, first.path(), &[]), "first pull");
+    assert_same_image(first.path(), &img);
+    assert!(upstream.count("GET", "/blobs/") >= 3, "the first pull fetched from upstream");
+    // Requests to the origin never carry the routing parameter.
+    assert!(upstream.requests().iter().all(|r| !r.path.contains("ns=")));
+
+    let mark = upstream.mark();
+    let second = tempfile::tempdir().unwrap();
+    assert_success(&skopeo_copy_to_dir(&src, second.path(), &[]), "second pull");
+    assert_same_image(second.path(), &img);
+    let after = upstream.requests_since(mark);
+    assert!(after.is_empty(), "second pull reached upstream: {after:?}");
+    assert!(cache.metric("containerd_cache_total{result=\"hit\"}") >= 4.0);
+}
+
+#[test]
+fn ns_query_routing_returns_registry_headers_for_get_and_head() {
+    let upstream = Registry::start();
+    let (_d, img) = push_image(&upstream, "test/img", "1", 2);
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+    let addr = cache.addr();
+
+    let path = "/v2/test/img/manifests/1?ns=one.test";
+    let get = http_request(&addr, "GET", path, &[("Accept", ACCEPT_OCI)]);
+    assert_eq!(get.status, 200, "{}", String::from_utf8_lossy(&get.body));
+    assert_eq!(get.body, img.manifest);
+    assert_eq!(get.header("docker-content-digest"), Some(img.manifest_digest.as_str()));
+    assert_eq!(get.header("content-type"), Some(ACCEPT_OCI));
+    assert_eq!(get.header("content-length"), Some(img.manifest.len().to_string().as_str()));
+
+    let head = http_request(&addr, "HEAD", path, &[("Accept", ACCEPT_OCI)]);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("docker-content-digest"), Some(img.manifest_digest.as_str()));
+    assert_eq!(head.header("content-length"), get.header("content-length"));
+
+    // By digest, and each blob, through ns routing.
+    let by_digest = http_request(&addr, "GET", &format!("/v2/test/img/manifests/{}?ns=one.test", img.manifest_digest), &[]);
+    assert_eq!(by_digest.body, img.manifest);
+    for (digest, blob) in img.layer_digests.iter().zip(&img.layer_blobs) {
+        let r = http_request(&addr, "GET", &format!("/v2/test/img/blobs/{digest}?ns=one.test"), &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body, blob);
+        assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+        let h = http_request(&addr, "HEAD", &format!("/v2/test/img/blobs/{digest}?ns=one.test"), &[]);
+        assert_eq!(h.header("content-length"), Some(blob.len().to_string().as_str()));
+    }
+
+    let base = http_request(&addr, "GET", "/v2/", &[]);
+    assert_eq!(base.status, 200);
+    assert_eq!(base.header("docker-distribution-api-version"), Some("registry/2.0"));
+
+    let tags = http_request(&addr, "GET", "/v2/test/img/tags/list?ns=one.test", &[]);
+    assert_eq!(tags.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&tags.body).unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["1"]));
+}
+
+#[test]
+fn one_cache_serves_two_registries_and_stores_a_shared_blob_once() {
+    let (a, b) = (Registry::start(), Registry::start());
+    let dir = tempfile::tempdir().unwrap();
+    let shared = LayerSpec::file("shared/base.bin", random_bytes(200_000, 99));
+    let img_a = build_image(dir.path(), "a", "amd64", &[shared.clone(), LayerSpec::file("a", "a")]);
+    let img_b = build_image(dir.path(), "b", "amd64", &[shared, LayerSpec::file("b", "b")]);
+    push(&img_a.layout, "a", &format!("{}/team/app:1", a.addr()), Format::Oci, None);
+    push(&img_b.layout, "b", &format!("{}/other/app:2", b.addr()), Format::Oci, None);
+    assert_eq!(img_a.layer_digests[0], img_b.layer_digests[0]);
+    let shared_digest = img_a.layer_digests[0].clone();
+
+    let cache =
+        Cache::start(&["--upstream", &format!("a.test={}", a.url()), "--upstream", &format!("b.test={}", b.url())]);
+    let d1 = tempfile::tempdir().unwrap();
+    assert_success(&skopeo_copy_to_dir(&format!("docker://{}/a.test/team/app:1", cache.addr()), d1.path(), &[]), "pull a");
+    assert_same_image(d1.path(), &img_a);
+    let mark_b = b.mark();
+    let d2 = tempfile::tempdir().unwrap();
+    assert_success(&skopeo_copy_to_dir(&format!("docker://{}/b.test/other/app:2", cache.addr()), d2.path(), &[]), "pull b");
+    assert_same_image(d2.path(), &img_b);
+
+    let fetched_from_b: Vec<_> = b.requests_since(mark_b).into_iter().filter(|r| r.method == "GET" && r.path.contains("/blobs/")).collect();
+    assert!(fetched_from_b.iter().all(|r| !r.path.contains(&shared_digest)), "shared blob fetched twice: {fetched_from_b:?}");
+    assert_eq!(fetched_from_b.len(), 2, "config and own layer of b: {fetched_from_b:?}");
+    let hex = shared_digest.strip_prefix("sha256:").unwrap();
+    let copies = cache.stored_blobs().iter().filter(|p| p.file_name().unwrap() == hex).count();
+    assert_eq!(copies, 1);
+}
+
+#[test]
+fn skipped_tags_and_uncached_manifests_ask_the_origin_every_time() {
+    let upstream = Registry::start();
+    let (_d, _img) = push_image(&upstream, "test/img", "latest", 3);
+    let (_d2, _img2) = push_image(&upstream, "test/img", "1", 4);
+    let up = format!("one.test={}", upstream.url());
+
+    let cache = Cache::start(&["--upstream", &up]);
+    for _ in 0..2 {
+        let r = http_request(&cache.addr(), "GET", "/v2/one.test/test/img/manifests/latest", &[("Accept", ACCEPT_OCI)]);
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(upstream.count("GET", "/manifests/latest"), 2, "skip-tags default `latest` must not be cached");
+    // HEAD stays HEAD upstream for a skipped tag.
+    let h = http_request(&cache.addr(), "HEAD", "/v2/one.test/test/img/manifests/latest", &[("Accept", ACCEPT_OCI)]);
+    assert_eq!(h.status, 200);
+    assert_eq!(upstream.count("HEAD", "/manifests/latest"), 1);
+    assert_eq!(upstream.count("GET", "/manifests/latest"), 2);
+    assert!(cache.metric("containerd_cache_total{result=\"skip\"}") >= 3.0);
+
+    // A cacheable tag is fetched once.
+    for _ in 0..2 {
+        http_request(&cache.addr(), "GET", "/v2/one.test/test/img/manifests/1", &[("Accept", ACCEPT_OCI)]);
+    }
+    assert_eq!(upstream.count("GET", "/manifests/1"), 1);
+
+    let nocache = Cache::start(&["--upstream", &up, "--cache-manifests=false"]);
+    for _ in 0..2 {
+        let r = http_request(&nocache.addr(), "GET", "/v2/one.test/test/img/manifests/1", &[("Accept", ACCEPT_OCI)]);
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(upstream.count("GET", "/manifests/1"), 3, "--cache-manifests=false must ask every time");
+}
+
+#[test]
+fn disallowed_registries_are_denied_without_any_connection() {
+    // A listener that would see any connection attempt.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let port = trap.local_addr().unwrap().port();
+    let cache = Cache::start(&[]);
+    let paths = [
+        format!("/v2/x/manifests/1?ns=127.0.0.1:{port}"),
+        format!("/v2/127.0.0.1:{port}/x/manifests/1"),
+        "/v2/x/manifests/1?ns=169.254.169.254".to_owned(),
+        "/v2/x/manifests/1?ns=10.0.0.1".to_owned(),
+        "/v2/evil.example/x/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_owned(),
+    ];
+    for p in &paths {
+        let r = http_request(&cache.addr(), "GET", p, &[]);
+        assert_eq!(r.status, 403, "{p}");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "DENIED", "{p}");
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("allow-list"));
+    }
+    assert!(trap.accept().is_err(), "a denied registry was dialled");
+}
+
+#[test]
+fn bad_input_gets_oci_errors_and_never_escapes_the_cache_dir() {
+    let cache = Cache::start(&[]);
+    let cases = [
+        ("/v2/../../etc/manifests/passwd", 400, "NAME_INVALID"),
+        ("/v2/a%2F..%2Fb/manifests/1", 400, "NAME_INVALID"),
+        ("/v2/a/%2e%2e/manifests/1", 400, "NAME_INVALID"),
+        ("/v2/a/blobs/sha256:../../x", 400, "NAME_INVALID"),
+        ("/v2/a/blobs/sha256:abc", 400, "DIGEST_INVALID"),
+        ("/v2/a/manifests/sha256:zz", 400, "DIGEST_INVALID"),
+        ("/v2/a/manifests/..", 400, "NAME_INVALID"),
+        ("/v2/a/manifests/-x", 400, "TAG_INVALID"),
+        ("/v2/a/blobs/uploads/", 405, "UNSUPPORTED"),
+    ];
+    for (path, status, code) in cases {
+        let r = http_request(&cache.addr(), "GET", path, &[]);
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("{path}: not JSON"));
+        assert_eq!(v["errors"][0]["code"], code, "{path}");
+    }
+    let long = format!("/v2/{}/manifests/1", "a".repeat(300));
+    assert_eq!(http_request(&cache.addr(), "GET", &long, &[]).status, 400);
+    let put = http_request(&cache.addr(), "PUT", "/v2/a/manifests/1", &[("Content-Length", "0")]);
+    assert_eq!(put.status, 405);
+    // Nothing was written outside the store's own directories.
+    let parent = cache.dir.parent().unwrap();
+    let entries: Vec<_> = std::fs::read_dir(parent).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("cache")]);
+}
+
+#[test]
+fn creds_file_authenticates_and_wrong_credentials_give_a_clear_401() {
+    let upstream = Registry::start_with_htpasswd(&[("puller", "s3cret")]);
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(10_000, 5))]);
+    push(&img.layout, "1", &format!("{}/priv/img:1", upstream.addr()), Format::Oci, Some(("puller", "s3cret")));
+    let up = format!("auth.test={}", upstream.url());
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "auth.test:\n  username: puller\n  password: s3cret\n").unwrap();
+    let cache = Cache::start(&["--upstream", &up, "--creds-file", good.to_str().unwrap()]);
+    let dest = tempfile::tempdir().unwrap();
+    assert_success(&skopeo_copy_to_dir(&format!("docker://{}/auth.test/priv/img:1", cache.addr()), dest.path(), &[]), "pull with creds file");
+    assert_same_image(dest.path(), &img);
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "auth.test:\n  username: puller\n  password: wrong\n").unwrap();
+    let cache = Cache::start(&["--upstream", &up, "--creds-file", bad.to_str().unwrap()]);
+    let r = http_request(&cache.addr(), "GET", "/v2/auth.test/priv/img/manifests/1", &[]);
+    assert_eq!(r.status, 401);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("credentials configured for auth.test"), "{v}");
+    assert!(r.header("www-authenticate").is_some_and(|c| c.starts_with("Basic")));
+}
+
+#[test]
+fn origin_challenge_is_passed_through_and_client_credentials_forwarded() {
+    let upstream = Registry::start_with_htpasswd(&[("alice", "pw")]);
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(10_000, 6))]);
+    push(&img.layout, "1", &format!("{}/priv/img:1", upstream.addr()), Format::Oci, Some(("alice", "pw")));
+    let cache = Cache::start(&["--upstream", &format!("auth.test={}", upstream.url())]);
+    let path = "/v2/priv/img/manifests/1?ns=auth.test";
+
+    let anon = http_request(&cache.addr(), "GET", path, &[("Accept", ACCEPT_OCI)]);
+    assert_eq!(anon.status, 401);
+    assert!(anon.header("www-authenticate").unwrap().starts_with("Basic realm="));
+
+    // "alice:pw"
+    let auth = ("Authorization", "Basic YWxpY2U6cHc=");
+    let ok = http_request(&cache.addr(), "GET", path, &[("Accept", ACCEPT_OCI), auth]);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body, img.manifest);
+    let blob = http_request(&cache.addr(), "GET", &format!("/v2/priv/img/blobs/{}?ns=auth.test", img.layer_digests[0]), &[auth]);
+    assert_eq!(blob.body, img.layer_blobs[0]);
+
+    // Fetched with the client's own credentials: never served to anyone without them.
+    let again = http_request(&cache.addr(), "GET", path, &[("Accept", ACCEPT_OCI)]);
+    assert_eq!(again.status, 401);
+    let blob_anon = http_request(&cache.addr(), "GET", &format!("/v2/priv/img/blobs/{}?ns=auth.test", img.layer_digests[0]), &[]);
+    assert_eq!(blob_anon.status, 401);
+    assert!(cache.stored_blobs().is_empty(), "private content was stored");
+}
+
+#[test]
+fn docker_schema2_and_index_keep_bytes_and_media_types_per_accept() {
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = build_image(dir.path(), "v2", "amd64", &[LayerSpec::file("x", "docker")]);
+    push(&v2.layout, "v2", &format!("{}/test/docker:1", upstream.addr()), Format::V2s2, None);
+    let idx = build_index(
+        dir.path(),
+        "multi",
+        &[("amd64", vec![LayerSpec::file("a", "amd")]), ("arm64", vec![LayerSpec::file("a", "arm")])],
+    );
+    push_index(&idx.layout, "multi", &format!("{}/test/multi:1", upstream.addr()), None);
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+
+    let (d, ct, body) = manifest_digest_at(&upstream.addr(), "test/docker", "1", MT_DOCKER_MANIFEST);
+    let r = http_request(&cache.addr(), "GET", "/v2/one.test/test/docker/manifests/1", &[("Accept", MT_DOCKER_MANIFEST)]);
+    assert_eq!((r.body.clone(), r.header("content-type").unwrap().to_owned()), (body, ct));
+    assert_eq!(r.header("docker-content-digest"), Some(d.as_str()));
+
+    let all = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+    for _ in 0..2 {
+        let r = http_request(&cache.addr(), "GET", "/v2/one.test/test/multi/manifests/1", &[("Accept", all)]);
+        assert_eq!(r.header("content-type"), Some(MT_OCI_INDEX));
+        assert_eq!(r.header("docker-content-digest"), Some(idx.index_digest.as_str()));
+        assert_eq!(r.body, idx.index);
+    }
+    // A client that accepts only single manifests is never handed the cached index.
+    let r = http_request(&cache.addr(), "GET", "/v2/one.test/test/multi/manifests/1", &[("Accept", ACCEPT_OCI)]);
+    assert_ne!(r.header("content-type"), Some(MT_OCI_INDEX));
+    // Each platform manifest by digest.
+    for m in &idx.manifests {
+        let r = http_request(&cache.addr(), "GET", &format!("/v2/one.test/test/multi/manifests/{}", m.manifest_digest), &[("Accept", ACCEPT_OCI)]);
+        assert_eq!(r.body, m.manifest);
+    }
+}
