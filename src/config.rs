@@ -177,10 +177,14 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
             }
             None => FileConfig::default(),
         };
@@ -196,8 +200,14 @@ impl Config {
         }
         let port = cli.port.or(file.port).unwrap_or(DEFAULT_PORT);
         let ip = cli.listen.or(file.listen).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let cache_dir = cli.cache_dir.or(file.cache_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
-        let skip = cli.skip_tags.or(file.skip_tags).unwrap_or_else(|| DEFAULT_SKIP_TAGS.to_owned());
+        let cache_dir = cli
+            .cache_dir
+            .or(file.cache_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+        let skip = cli
+            .skip_tags
+            .or(file.skip_tags)
+            .unwrap_or_else(|| DEFAULT_SKIP_TAGS.to_owned());
         let skip_tags = if skip.is_empty() {
             None
         } else {
@@ -226,9 +236,15 @@ impl Config {
             endpoints.insert(parse_name(name, &key)?, parse_urls(&urls, &key)?);
         }
 
-        let private: Vec<String> = if cli.private_registry.is_empty() { file.private_registries } else { cli.private_registry };
-        let private_registries =
-            private.iter().map(|r| parse_name(r, "--private-registry")).collect::<Result<Vec<_>, _>>()?;
+        let private: Vec<String> = if cli.private_registry.is_empty() {
+            file.private_registries
+        } else {
+            cli.private_registry
+        };
+        let private_registries = private
+            .iter()
+            .map(|r| parse_name(r, "--private-registry"))
+            .collect::<Result<Vec<_>, _>>()?;
 
         // Registries the operator named anywhere are registries the operator meant to reach.
         let mut allowed: Vec<String> = file.allow_registries;
@@ -237,7 +253,10 @@ impl Config {
         allowed.extend(credentials.registries().map(ToString::to_string));
         let registries = Registries::new(endpoints, &allowed).map_err(invalid)?;
 
-        let default_name = cli.default_registry.or(file.default_registry).unwrap_or_else(|| "docker.io".to_owned());
+        let default_name = cli
+            .default_registry
+            .or(file.default_registry)
+            .unwrap_or_else(|| "docker.io".to_owned());
         let default_registry = parse_name(&default_name, "--default-registry")?;
         if !registries.is_allowed(&default_registry) {
             return Err(invalid(format!(

@@ -18,8 +18,18 @@ fn defaults_match_containerd_registry_cache() {
 
 #[test]
 fn seed_flags_keep_their_meaning() {
-    let c = cfg(&["-p", "5001", "-d", "/x", "--cache-manifests=false", "-t", "^dev-", "--private-registry", "r.corp.example"])
-        .unwrap();
+    let c = cfg(&[
+        "-p",
+        "5001",
+        "-d",
+        "/x",
+        "--cache-manifests=false",
+        "-t",
+        "^dev-",
+        "--private-registry",
+        "r.corp.example",
+    ])
+    .unwrap();
     assert_eq!(c.listen.port(), 5001);
     assert_eq!(c.cache_dir, PathBuf::from("/x"));
     assert!(!c.policy.cache_manifests);
@@ -39,7 +49,10 @@ fn bucket_is_refused_clearly() {
 #[test]
 fn upstream_flag_sets_endpoints_and_allows_the_name() {
     let c = cfg(&["--upstream", "myreg.test=http://127.0.0.1:5000,http://127.0.0.1:5001"]).unwrap();
-    let eps = c.registries.endpoints(&RegistryName::parse("myreg.test").unwrap()).unwrap();
+    let eps = c
+        .registries
+        .endpoints(&RegistryName::parse("myreg.test").unwrap())
+        .unwrap();
     assert_eq!(eps.len(), 2);
     assert!(cfg(&["--upstream", "nourl"]).is_err());
     assert!(cfg(&["--upstream", "a.test=ftp://x"]).is_err());

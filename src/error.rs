@@ -16,6 +16,18 @@ pub enum Resource {
     Tags,
 }
 
+/// An error status from an origin, with the headers a client needs to act on it.
+#[derive(Debug, Clone)]
+pub struct UpstreamStatus {
+    pub registry: RegistryName,
+    pub resource: Resource,
+    pub what: String,
+    pub status: StatusCode,
+    /// The origin's `WWW-Authenticate`, passed through unchanged on 401.
+    pub challenge: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -25,31 +37,40 @@ pub enum Error {
     RegistryDenied(RegistryName),
 
     /// The origin answered with an error status; passed on so containerd can fall back or authenticate.
-    #[error("{registry} answered {status} for {what}")]
-    Upstream {
-        registry: RegistryName,
-        resource: Resource,
-        what: String,
-        status: StatusCode,
-        /// The origin's `WWW-Authenticate`, passed through unchanged on 401.
-        challenge: Option<HeaderValue>,
-        retry_after: Option<HeaderValue>,
-    },
+    #[error("{} answered {} for {}", .0.registry, .0.status, .0.what)]
+    Upstream(Box<UpstreamStatus>),
 
     #[error("the credentials configured for {registry} were rejected by the registry ({detail})")]
-    CredentialsRejected { registry: RegistryName, detail: String, challenge: Option<HeaderValue> },
+    CredentialsRejected {
+        registry: RegistryName,
+        detail: String,
+        challenge: Option<HeaderValue>,
+    },
 
     #[error("cannot reach {registry}: {reason}")]
     Unreachable { registry: RegistryName, reason: String },
 
     #[error("{origin} sent content for {what} that does not match its digest {expected} (got {actual})")]
-    DigestMismatch { origin: String, what: String, expected: String, actual: String },
+    DigestMismatch {
+        origin: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
 
     #[error("{origin} sent a body for {what} that is not what it announced: {detail}")]
-    BadUpstreamBody { origin: String, what: String, detail: String },
+    BadUpstreamBody {
+        origin: String,
+        what: String,
+        detail: String,
+    },
 
     #[error("manifest {what} from {registry} is larger than the {limit} bytes a manifest may have")]
-    ManifestTooLarge { registry: RegistryName, what: String, limit: usize },
+    ManifestTooLarge {
+        registry: RegistryName,
+        what: String,
+        limit: usize,
+    },
 
     #[error("range {0:?} cannot be satisfied")]
     RangeNotSatisfiable(String, u64),
@@ -83,7 +104,14 @@ impl Error {
         let (status, code) = match self.inner() {
             Error::Request(e) => (e.code.status(), e.code),
             Error::RegistryDenied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
-            Error::Upstream { resource, status, challenge, retry_after, .. } => {
+            Error::Upstream(u) => {
+                let UpstreamStatus {
+                    resource,
+                    status,
+                    challenge,
+                    retry_after,
+                    ..
+                } = &**u;
                 match *status {
                     StatusCode::UNAUTHORIZED => {
                         if let Some(c) = challenge {
@@ -135,7 +163,7 @@ impl Error {
 
     /// Whether the origin refused without credentials, so a client that sent its own may try them.
     pub fn wants_client_credentials(&self) -> bool {
-        matches!(self.inner(), Error::Upstream { status, .. } if *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN || *status == StatusCode::NOT_FOUND)
+        matches!(self.inner(), Error::Upstream(u) if matches!(u.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND))
     }
 }
 

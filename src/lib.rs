@@ -27,7 +27,11 @@ pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
     let origin = upstream::OriginClient::new(config.registries.clone(), config.credentials.clone())?;
     let metrics = Arc::new(metrics::Metrics::new());
     let cache = cache::Cache::new(store, origin, config.policy.clone(), metrics.clone());
-    Ok(Arc::new(server::AppState { cache, metrics, default_registry: config.default_registry.clone() }))
+    Ok(Arc::new(server::AppState {
+        cache,
+        metrics,
+        default_registry: config.default_registry.clone(),
+    }))
 }
 
 /// Serves the cache on `listener` until `shutdown` completes.
@@ -38,5 +42,8 @@ pub async fn run(
 ) -> Result<(), String> {
     let state = build(&config)?;
     let app = server::router(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| format!("server error: {e}"))
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| format!("server error: {e}"))
 }

@@ -24,7 +24,9 @@ fn main() -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             "ocicache serving"
         );
-        ocicache::run(listener, config, shutdown_signal()).await.map_err(anyhow::Error::msg)
+        ocicache::run(listener, config, shutdown_signal())
+            .await
+            .map_err(anyhow::Error::msg)
     })?;
     tracing::info!("ocicache stopped");
     Ok(())
@@ -33,7 +35,9 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -63,15 +63,35 @@ impl Metrics {
             cache_requests.clone(),
         );
         let http_requests = Family::<Labels, Counter>::default();
-        registry.register("ocicache_http_requests", "HTTP requests by route, method and status", http_requests.clone());
+        registry.register(
+            "ocicache_http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
         let bytes_from_upstream = Counter::default();
-        registry.register("ocicache_upstream_bytes", "Blob bytes downloaded from origins", bytes_from_upstream.clone());
+        registry.register(
+            "ocicache_upstream_bytes",
+            "Blob bytes downloaded from origins",
+            bytes_from_upstream.clone(),
+        );
         let bytes_from_cache = Counter::default();
-        registry.register("ocicache_cache_served_bytes", "Blob bytes served from the cache", bytes_from_cache.clone());
+        registry.register(
+            "ocicache_cache_served_bytes",
+            "Blob bytes served from the cache",
+            bytes_from_cache.clone(),
+        );
         let inflight_downloads = Gauge::default();
-        registry.register("ocicache_inflight_downloads", "Blob downloads in progress", inflight_downloads.clone());
+        registry.register(
+            "ocicache_inflight_downloads",
+            "Blob downloads in progress",
+            inflight_downloads.clone(),
+        );
         let resumes = Counter::default();
-        registry.register("ocicache_download_resumes", "Blob downloads resumed after the origin dropped", resumes.clone());
+        registry.register(
+            "ocicache_download_resumes",
+            "Blob downloads resumed after the origin dropped",
+            resumes.clone(),
+        );
         Metrics {
             registry,
             containerd_cache,
@@ -85,7 +105,9 @@ impl Metrics {
     }
 
     pub fn cache_result(&self, registry: &str, kind: &'static str, result: CacheResult) {
-        self.containerd_cache.get_or_create(&vec![("result", result.as_str().to_owned())]).inc();
+        self.containerd_cache
+            .get_or_create(&vec![("result", result.as_str().to_owned())])
+            .inc();
         self.cache_requests
             .get_or_create(&vec![
                 ("registry", registry.to_owned()),
@@ -97,7 +119,11 @@ impl Metrics {
 
     pub fn http_request(&self, route: &'static str, method: &str, status: u16) {
         self.http_requests
-            .get_or_create(&vec![("route", route.to_owned()), ("method", method.to_owned()), ("status", status.to_string())])
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("method", method.to_owned()),
+                ("status", status.to_string()),
+            ])
             .inc();
     }
 

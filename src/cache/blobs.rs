@@ -17,11 +17,21 @@ use crate::oci::{Digest, Target};
 use crate::upstream::{OriginClient, OriginRequest};
 
 pub enum BlobAnswer {
-    Stored { file: File, size: u64 },
+    Stored {
+        file: File,
+        size: u64,
+    },
     /// Being downloaded; `size` when the origin announced it.
-    Flight { flight: Arc<Flight>, size: Option<u64>, result: CacheResult },
+    Flight {
+        flight: Arc<Flight>,
+        size: Option<u64>,
+        result: CacheResult,
+    },
     /// HEAD: the size if known.
-    Head { size: Option<u64>, result: CacheResult },
+    Head {
+        size: Option<u64>,
+        result: CacheResult,
+    },
 }
 
 impl BlobAnswer {
@@ -42,7 +52,8 @@ impl Cache {
         client_auth: Option<HeaderValue>,
     ) -> Result<BlobAnswer, Error> {
         let answer = self.blob_inner(target, digest, head, client_auth).await?;
-        self.metrics.cache_result(target.registry.as_str(), "blob", answer.result());
+        self.metrics
+            .cache_result(target.registry.as_str(), "blob", answer.result());
         Ok(answer)
     }
 
@@ -55,10 +66,16 @@ impl Cache {
     ) -> Result<BlobAnswer, Error> {
         if head {
             if let Some(size) = self.store.blob_size(digest) {
-                return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
+                return Ok(BlobAnswer::Head {
+                    size: Some(size),
+                    result: CacheResult::Hit,
+                });
             }
             if let Some(size) = self.flights.get(digest).and_then(|f| f.known_size()) {
-                return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
+                return Ok(BlobAnswer::Head {
+                    size: Some(size),
+                    result: CacheResult::Hit,
+                });
             }
             return self.head_blob_upstream(target, digest, client_auth).await;
         }
@@ -69,12 +86,20 @@ impl Cache {
             Joined::Flight(f) => f,
         };
         match flight.started().await {
-            Ok(size) => Ok(BlobAnswer::Flight { flight, size, result: CacheResult::Miss }),
+            Ok(size) => Ok(BlobAnswer::Flight {
+                flight,
+                size,
+                result: CacheResult::Miss,
+            }),
             Err(e) if e.wants_client_credentials() && client_auth.is_some() => {
                 let with_client = opener(self.origin.clone(), target.clone(), digest.clone(), client_auth);
                 let private = self.flights.private(digest, &origin_label, with_client)?;
                 let size = private.started().await.map_err(Error::Shared)?;
-                Ok(BlobAnswer::Flight { flight: private, size, result: CacheResult::Skip })
+                Ok(BlobAnswer::Flight {
+                    flight: private,
+                    size,
+                    result: CacheResult::Skip,
+                })
             }
             Err(e) => Err(Error::Shared(e)),
         }
@@ -104,7 +129,10 @@ impl Cache {
             Err(e) => return Err(e),
         };
         let size = header_u64(resp.headers().get(CONTENT_LENGTH));
-        Ok(BlobAnswer::Head { size, result: CacheResult::Skip })
+        Ok(BlobAnswer::Head {
+            size,
+            result: CacheResult::Skip,
+        })
     }
 }
 
@@ -116,7 +144,8 @@ fn header_u64(v: Option<&HeaderValue>) -> Option<u64> {
 /// origin must answer 206 from exactly that byte.
 fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, client_auth: Option<HeaderValue>) -> Opener {
     Box::new(move |offset| {
-        let (origin, target, digest, client_auth) = (origin.clone(), target.clone(), digest.clone(), client_auth.clone());
+        let (origin, target, digest, client_auth) =
+            (origin.clone(), target.clone(), digest.clone(), client_auth.clone());
         async move {
             let req = OriginRequest {
                 target: &target,
@@ -137,10 +166,17 @@ fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, client_auth
                 header_u64(resp.headers().get(CONTENT_LENGTH))
             } else {
                 if resp.status() != StatusCode::PARTIAL_CONTENT {
-                    return Err(bad(format!("resuming at byte {offset}: the origin does not support ranges")));
+                    return Err(bad(format!(
+                        "resuming at byte {offset}: the origin does not support ranges"
+                    )));
                 }
-                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
-                let (start, total) = parse_content_range(range).ok_or_else(|| bad(format!("bad Content-Range {range:?}")))?;
+                let range = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let (start, total) =
+                    parse_content_range(range).ok_or_else(|| bad(format!("bad Content-Range {range:?}")))?;
                 if start != offset {
                     return Err(bad(format!("asked for byte {offset}, got {start}")));
                 }

@@ -68,12 +68,20 @@ pub struct Flights {
 
 impl Flights {
     pub fn new(store: FsStore, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Flights { store, metrics, inflight: Mutex::default() })
+        Arc::new(Flights {
+            store,
+            metrics,
+            inflight: Mutex::default(),
+        })
     }
 
     /// The in-flight download of `digest`, if one runs.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Flight>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
     }
 
     /// Returns the stored blob, joins the running flight, or starts one with `opener`. The store and the
@@ -97,11 +105,21 @@ impl Flights {
         self.launch(digest, origin, opener, false)
     }
 
-    fn launch(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener, commit: bool) -> io::Result<Arc<Flight>> {
+    fn launch(
+        self: &Arc<Self>,
+        digest: &Digest,
+        origin: &str,
+        opener: Opener,
+        commit: bool,
+    ) -> io::Result<Arc<Flight>> {
         let temp = self.store.temp_file()?;
         let reader = temp.file.try_clone()?;
         let (tx, rx) = watch::channel(Progress::Connecting);
-        let flight = Arc::new(Flight { digest: digest.clone(), file: Arc::new(reader), progress: rx });
+        let flight = Arc::new(Flight {
+            digest: digest.clone(),
+            file: Arc::new(reader),
+            progress: rx,
+        });
         let flights = self.clone();
         let digest = digest.clone();
         let origin = origin.to_owned();
@@ -109,7 +127,11 @@ impl Flights {
             flights.metrics.inflight_downloads.inc();
             let result = download(&origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
             let result = match result {
-                Ok(total) if commit => flights.store.commit_blob(&temp.path, &digest).map(|_| total).map_err(Error::from),
+                Ok(total) if commit => flights
+                    .store
+                    .commit_blob(&temp.path, &digest)
+                    .map(|_| total)
+                    .map_err(Error::from),
                 Ok(total) => {
                     let _ = std::fs::remove_file(&temp.path);
                     Ok(total)
@@ -234,7 +256,9 @@ impl Flight {
                 Progress::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() {
-                return Err(Arc::new(Error::from(io::Error::other("download task ended without a result"))));
+                return Err(Arc::new(Error::from(io::Error::other(
+                    "download task ended without a result",
+                ))));
             }
         }
     }
@@ -250,7 +274,11 @@ impl Flight {
 
     /// Bytes `start..end` (end exclusive; `None` = to the end) as they arrive. The final byte of the
     /// range is sent only once the whole blob is verified; on failure the stream ends with an error.
-    pub fn read(self: &Arc<Self>, start: u64, end: Option<u64>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    pub fn read(
+        self: &Arc<Self>,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         let state = (self.clone(), self.progress.clone(), start);
         futures_util::stream::unfold(Some(state), move |state| async move {
             let (flight, mut rx, pos) = state?;

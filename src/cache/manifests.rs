@@ -29,9 +29,17 @@ pub struct ManifestQuery {
 }
 
 pub enum ManifestAnswer {
-    Full { manifest: StoredManifest, result: CacheResult },
+    Full {
+        manifest: StoredManifest,
+        result: CacheResult,
+    },
     /// A HEAD answered without the body: what the origin's HEAD (or our tag entry) said.
-    Head { digest: Option<Digest>, media_type: String, size: Option<u64>, result: CacheResult },
+    Head {
+        digest: Option<Digest>,
+        media_type: String,
+        size: Option<u64>,
+        result: CacheResult,
+    },
 }
 
 impl ManifestAnswer {
@@ -58,14 +66,21 @@ impl Cache {
 
     async fn manifest_by_digest(&self, q: &ManifestQuery, d: &Digest) -> Result<ManifestAnswer, Error> {
         if let Some(m) = self.store.manifest(d)? {
-            return Ok(ManifestAnswer::Full { manifest: m, result: CacheResult::Hit });
+            return Ok(ManifestAnswer::Full {
+                manifest: m,
+                result: CacheResult::Hit,
+            });
         }
         if q.head {
             return self.head_upstream(q, CacheResult::Skip).await;
         }
         let store = self.policy.may_store_manifests(&q.target.registry);
         let (manifest, public) = self.fetch(q, Some(d.clone()), store, false).await?;
-        let result = if public && store { CacheResult::Miss } else { CacheResult::Skip };
+        let result = if public && store {
+            CacheResult::Miss
+        } else {
+            CacheResult::Skip
+        };
         Ok(ManifestAnswer::Full { manifest, result })
     }
 
@@ -79,7 +94,10 @@ impl Cache {
         if let Some(entry) = entry {
             if let Ok(d) = entry.digest.parse::<Digest>() {
                 if let Some(m) = self.store.manifest(&d)? {
-                    return Ok(ManifestAnswer::Full { manifest: m, result: CacheResult::Hit });
+                    return Ok(ManifestAnswer::Full {
+                        manifest: m,
+                        result: CacheResult::Hit,
+                    });
                 }
                 if q.head {
                     return Ok(ManifestAnswer::Head {
@@ -97,12 +115,21 @@ impl Cache {
                     client_auth: q.client_auth.clone(),
                 };
                 let (manifest, _) = self.fetch(&by_digest, Some(d), true, false).await?;
-                return Ok(ManifestAnswer::Full { manifest, result: CacheResult::Miss });
+                return Ok(ManifestAnswer::Full {
+                    manifest,
+                    result: CacheResult::Miss,
+                });
             }
         }
         if q.head {
             let answer = self.head_upstream(q, CacheResult::Miss).await?;
-            if let ManifestAnswer::Head { digest: Some(d), media_type, size: Some(size), result } = &answer {
+            if let ManifestAnswer::Head {
+                digest: Some(d),
+                media_type,
+                size: Some(size),
+                result,
+            } = &answer
+            {
                 if *result == CacheResult::Miss {
                     self.remember_tag(q, d, media_type, *size);
                 }
@@ -122,14 +149,24 @@ impl Cache {
         // GET by digest that follows is a hit.
         let store = self.policy.may_store_manifests(&q.target.registry);
         let (manifest, _) = self.fetch(q, None, store, false).await?;
-        Ok(ManifestAnswer::Full { manifest, result: CacheResult::Skip })
+        Ok(ManifestAnswer::Full {
+            manifest,
+            result: CacheResult::Skip,
+        })
     }
 
     fn remember_tag(&self, q: &ManifestQuery, d: &Digest, media_type: &str, size: u64) {
         if let Reference::Tag(tag) = &q.reference {
-            let entry =
-                TagEntry { digest: d.to_string(), media_type: media_type.to_owned(), size, fetched_at: now_secs() };
-            if let Err(e) = self.store.put_tag(&q.target.registry, &q.target.repository, tag, &entry) {
+            let entry = TagEntry {
+                digest: d.to_string(),
+                media_type: media_type.to_owned(),
+                size,
+                fetched_at: now_secs(),
+            };
+            if let Err(e) = self
+                .store
+                .put_tag(&q.target.registry, &q.target.repository, tag, &entry)
+            {
                 tracing::warn!(target = %q.target, %tag, error = %e, "could not store tag");
             }
         }
@@ -213,8 +250,14 @@ impl Cache {
             Err(e) => return Err(e),
         };
         let h = resp.headers();
-        let digest = h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let size = h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let digest = h
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let size = h
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let media_type = media_type_of(h.get(CONTENT_TYPE), &[]);
         if let (Reference::Digest(want), Some(got)) = (&q.reference, &digest) {
             if want != got {
@@ -226,7 +269,12 @@ impl Cache {
                 });
             }
         }
-        Ok(ManifestAnswer::Head { digest, media_type, size, result })
+        Ok(ManifestAnswer::Head {
+            digest,
+            media_type,
+            size,
+            result,
+        })
     }
 }
 
@@ -249,14 +297,20 @@ async fn fetch_once(
         client_auth,
     };
     let resp = origin.send(&req).await?;
-    let too_large =
-        || Error::ManifestTooLarge { registry: target.registry.clone(), what: reference.to_string(), limit: MAX_MANIFEST_BYTES };
+    let too_large = || Error::ManifestTooLarge {
+        registry: target.registry.clone(),
+        what: reference.to_string(),
+        limit: MAX_MANIFEST_BYTES,
+    };
     if resp.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
         return Err(too_large());
     }
     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
-    let header_digest: Option<Digest> =
-        resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let header_digest: Option<Digest> = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let mut body = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -286,7 +340,11 @@ async fn fetch_once(
         return Err(mismatch(&digest));
     }
     let media_type = media_type_of(content_type.as_ref(), &bytes);
-    Ok(StoredManifest { digest, media_type, bytes })
+    Ok(StoredManifest {
+        digest,
+        media_type,
+        bytes,
+    })
 }
 
 /// The manifest's media type: the origin's Content-Type, else the `mediaType` inside, else OCI.

@@ -36,7 +36,14 @@ pub struct Cache {
 impl Cache {
     pub fn new(store: FsStore, origin: OriginClient, policy: TagPolicy, metrics: Arc<Metrics>) -> Self {
         let flights = Flights::new(store.clone(), metrics.clone());
-        Cache { store, origin: Arc::new(origin), flights, manifests: Coalesce::default(), policy, metrics }
+        Cache {
+            store,
+            origin: Arc::new(origin),
+            flights,
+            manifests: Coalesce::default(),
+            policy,
+            metrics,
+        }
     }
 
     pub fn origin(&self) -> &OriginClient {

@@ -58,7 +58,10 @@ pub enum RouteKind {
 pub enum Route {
     /// `GET /v2/`: the API version check every client starts with.
     Base,
-    Api { target: Target, kind: RouteKind },
+    Api {
+        target: Target,
+        kind: RouteKind,
+    },
 }
 
 /// Parses a raw (still percent-encoded) request path and the `ns` query value.
@@ -83,7 +86,10 @@ pub fn parse(path: &str, ns: Option<&str>, default_registry: &RegistryName) -> R
     if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
         return Err(OciError::new(
             ErrorCode::NameInvalid,
-            format!("empty, `.` or `..` path segments are not allowed in {:?}", truncate(path)),
+            format!(
+                "empty, `.` or `..` path segments are not allowed in {:?}",
+                truncate(path)
+            ),
         ));
     }
     if segments.len() < 3 {
@@ -109,12 +115,18 @@ pub fn parse(path: &str, ns: Option<&str>, default_registry: &RegistryName) -> R
     if registry.is_docker_hub() {
         repository = repository.with_library_prefix();
     }
-    Ok(Route::Api { target: Target { registry, repository }, kind })
+    Ok(Route::Api {
+        target: Target { registry, repository },
+        kind,
+    })
 }
 
 fn unsupported(path: &str) -> OciError {
     OciError::new(
         ErrorCode::Unsupported,
-        format!("{:?} is not part of the pull API; ocicache is a read-only pull-through cache", truncate(path)),
+        format!(
+            "{:?} is not part of the pull API; ocicache is a read-only pull-through cache",
+            truncate(path)
+        ),
     )
 }

@@ -24,17 +24,26 @@ pub fn parse(header: Option<&str>, size: u64) -> RangeRequest {
     if spec.contains(',') {
         return RangeRequest::Full;
     }
-    let Some((a, b)) = spec.split_once('-') else { return RangeRequest::Full };
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeRequest::Full;
+    };
     let (a, b) = (a.trim(), b.trim());
     let range = if a.is_empty() {
         // Suffix: the last N bytes.
-        let Ok(n) = b.parse::<u64>() else { return RangeRequest::Full };
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeRequest::Full;
+        };
         if n == 0 {
             return RangeRequest::Unsatisfiable;
         }
-        ByteRange { start: size.saturating_sub(n), end: size }
+        ByteRange {
+            start: size.saturating_sub(n),
+            end: size,
+        }
     } else {
-        let Ok(start) = a.parse::<u64>() else { return RangeRequest::Full };
+        let Ok(start) = a.parse::<u64>() else {
+            return RangeRequest::Full;
+        };
         let end = if b.is_empty() {
             size
         } else {

@@ -10,10 +10,10 @@ use http::header::{ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use url::Url;
 
-use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey};
+use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
 use super::creds::{Credential, Credentials};
 use super::registries::Registries;
-use crate::error::{Error, Resource};
+use crate::error::{Error, Resource, UpstreamStatus};
 use crate::oci::Target;
 
 /// One request for an origin. `client_auth` is set only for a private fetch, made with the
@@ -52,7 +52,13 @@ impl OriginClient {
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        Ok(OriginClient { http, registries, creds, tokens: TokenCache::default(), basic_endpoints: Mutex::default() })
+        Ok(OriginClient {
+            http,
+            registries,
+            creds,
+            tokens: TokenCache::default(),
+            basic_endpoints: Mutex::default(),
+        })
     }
 
     pub fn registries(&self) -> &Registries {
@@ -63,8 +69,10 @@ impl OriginClient {
     /// any other status becomes `Error::Upstream` carrying what the client needs (challenge, Retry-After).
     pub async fn send(&self, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
         let registry = &req.target.registry;
-        let endpoints =
-            self.registries.endpoints(registry).ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
+        let endpoints = self
+            .registries
+            .endpoints(registry)
+            .ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
         let mut last = None;
         for endpoint in endpoints {
             match self.attempt(&endpoint, req).await {
@@ -76,11 +84,19 @@ impl OriginClient {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unreachable { registry: registry.clone(), reason: "no endpoints".into() }))
+        Err(last.unwrap_or_else(|| Error::Unreachable {
+            registry: registry.clone(),
+            reason: "no endpoints".into(),
+        }))
     }
 
     async fn attempt(&self, endpoint: &Url, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
-        let url = format!("{}/v2/{}/{}", endpoint.as_str().trim_end_matches('/'), req.target.repository, req.path);
+        let url = format!(
+            "{}/v2/{}/{}",
+            endpoint.as_str().trim_end_matches('/'),
+            req.target.repository,
+            req.path
+        );
         let url = Url::parse(&url).map_err(|e| self.unreachable(req, format!("bad URL {url}: {e}")))?;
 
         if let Some(client_auth) = &req.client_auth {
@@ -95,7 +111,11 @@ impl OriginClient {
             scope: format!("repository:{}:pull", req.target.repository),
             credential: credential.map(Credential::id).unwrap_or_default(),
         };
-        let basic_known = self.basic_endpoints.lock().map(|s| s.contains(endpoint.as_str())).unwrap_or(false);
+        let basic_known = self
+            .basic_endpoints
+            .lock()
+            .map(|s| s.contains(endpoint.as_str()))
+            .unwrap_or(false);
         let first_auth = match (basic_known, credential) {
             (true, Some(c)) => Some(basic(c)),
             _ => self.tokens.cached(&key).await.map(|t| bearer(&t)),
@@ -107,7 +127,10 @@ impl OriginClient {
         }
 
         let challenge_header = resp.headers().get(WWW_AUTHENTICATE).cloned();
-        let challenge = challenge_header.as_ref().and_then(|h| h.to_str().ok()).map(Challenge::parse);
+        let challenge = challenge_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(Challenge::parse);
         let rejected = |detail: String| Error::CredentialsRejected {
             registry: req.target.registry.clone(),
             detail,
@@ -122,11 +145,18 @@ impl OriginClient {
                     tracing::warn!(registry = %req.target.registry, %realm, "token realm is not on the registry's domain; not sending credentials");
                 }
                 let scope = scope.unwrap_or_else(|| key.scope.clone());
-                let stale = sent_token.as_ref().and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
-                let token = self
-                    .tokens
-                    .fetch(&self.http, &key, &realm, service.as_deref(), &scope, use_cred, stale)
-                    .await;
+                let stale = sent_token
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "));
+                let token_req = TokenRequest {
+                    realm: &realm,
+                    service: service.as_deref(),
+                    scope: &scope,
+                    credential: use_cred,
+                    rejected: stale,
+                };
+                let token = self.tokens.fetch(&self.http, &key, &token_req).await;
                 match token {
                     Ok(token) => {
                         let resp = self.send_once(req, &url, Some(bearer(&token))).await?;
@@ -184,18 +214,21 @@ impl OriginClient {
         if status.is_success() {
             return Ok(resp);
         }
-        Err(Error::Upstream {
+        Err(Error::Upstream(Box::new(UpstreamStatus {
             registry: req.target.registry.clone(),
             resource: req.resource,
             what: format!("{}/{}", req.target.repository, req.path),
             status,
             challenge: resp.headers().get(WWW_AUTHENTICATE).cloned(),
             retry_after: resp.headers().get(RETRY_AFTER).cloned(),
-        })
+        })))
     }
 
     fn unreachable(&self, req: &OriginRequest<'_>, reason: String) -> Error {
-        Error::Unreachable { registry: req.target.registry.clone(), reason }
+        Error::Unreachable {
+            registry: req.target.registry.clone(),
+            reason,
+        }
     }
 }
 
@@ -203,7 +236,7 @@ impl OriginClient {
 fn fails_over(e: &Error) -> bool {
     match e {
         Error::Unreachable { .. } => true,
-        Error::Upstream { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
+        Error::Upstream(u) => u.status.is_server_error() || u.status == StatusCode::TOO_MANY_REQUESTS,
         _ => false,
     }
 }
@@ -215,8 +248,8 @@ fn bearer(token: &str) -> HeaderValue {
 fn basic(c: &Credential) -> HeaderValue {
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
-    let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    let mut v =
+        HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
     v.set_sensitive(true);
     v
 }

@@ -26,7 +26,11 @@ impl Credential {
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credential {{ username: {:?}, password: <redacted> }}", self.username)
+        write!(
+            f,
+            "Credential {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
     }
 }
 
@@ -38,7 +42,8 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read creds file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read creds file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("creds file {}: {e}", path.display()))
     }
 
@@ -54,7 +59,7 @@ impl Credentials {
             let registry = RegistryName::parse(host).map_err(|e| format!("key {key:?}: {}", e.message))?;
             entries.push((registry, prefix.to_owned(), cred));
         }
-        entries.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.1.len()));
         Ok(Credentials { entries })
     }
 

@@ -52,7 +52,13 @@ impl Cache {
             });
             rt.shutdown_background();
         });
-        Cache { port, dir: dir.to_path_buf(), _tmp: None, shutdown: Some(tx), thread: Some(thread) }
+        Cache {
+            port,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -85,7 +91,11 @@ impl Cache {
     pub fn metric(&self, sample: &str) -> f64 {
         self.metrics()
             .lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().split(' ').next()).and_then(|v| v.parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().split(' ').next())
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0.0)
     }
 }
