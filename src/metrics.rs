@@ -38,6 +38,7 @@ pub struct Metrics {
     pub bytes_from_upstream: Counter,
     pub bytes_from_cache: Counter,
     pub inflight_downloads: Gauge,
+    pub requests_in_progress: Gauge,
     pub resumes: Counter,
 }
 
@@ -86,6 +87,12 @@ impl Metrics {
             "Blob downloads in progress",
             inflight_downloads.clone(),
         );
+        let requests_in_progress = Gauge::default();
+        registry.register(
+            "ocicache_requests_in_progress",
+            "/v2 requests being answered (including ones waiting for an origin)",
+            requests_in_progress.clone(),
+        );
         let resumes = Counter::default();
         registry.register(
             "ocicache_download_resumes",
@@ -100,6 +107,7 @@ impl Metrics {
             bytes_from_upstream,
             bytes_from_cache,
             inflight_downloads,
+            requests_in_progress,
             resumes,
         }
     }

@@ -24,6 +24,7 @@ use crate::upstream::OriginRequest;
 
 pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let started = Instant::now();
+    let _in_progress = InProgress::new(&state.metrics.requests_in_progress);
     let head = method == Method::HEAD;
     let ns = ns_param(uri.query());
     let route = route::parse(uri.path(), ns.as_deref(), &state.default_registry);
@@ -298,4 +299,20 @@ async fn tags(
     };
     Ok(b.body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// Counts a request as in progress until it is answered or the client goes away.
+struct InProgress(prometheus_client::metrics::gauge::Gauge);
+
+impl InProgress {
+    fn new(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        InProgress(g.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -12,11 +12,13 @@
 
 pub mod cache;
 pub mod containerd;
+pub mod fake;
 pub mod image;
 pub mod registry;
 
 pub use cache::*;
 pub use containerd::*;
+pub use fake::*;
 pub use image::*;
 pub use registry::*;
 

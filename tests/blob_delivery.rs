@@ -1,0 +1,292 @@
+//! Blob delivery: one upstream download per blob streamed to every waiting client, verification,
+//! resume after a drop, ranges. The origin here is the in-process fake (`support::fake`), because
+//! each test needs a fault a real registry cannot produce on demand: a download held mid-way so
+//! clients overlap, wrong bytes, a dropped connection.
+
+mod support;
+
+use futures_util::StreamExt;
+use support::*;
+
+const CLIENTS: usize = 8;
+
+fn blob_url(cache: &Cache, digest: &str) -> String {
+    format!("http://{}/v2/fake.test/some/repo/blobs/{digest}", cache.addr())
+}
+
+/// Reads a response body to the end; Err if the stream broke or ended short.
+async fn read_all(resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let expected = resp.content_length();
+    let mut out = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+    }
+    match expected {
+        Some(n) if n as usize != out.len() => Err(format!("short body: {} of {n}", out.len())),
+        _ => Ok(out),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_clients_share_one_upstream_download_and_stream_before_it_ends() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(4 << 20, 1);
+    // Fault: the origin sends half the blob, then holds until released.
+    let digest = origin.add_blob(data.clone(), Fault::HoldAt(2 << 20));
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+
+    // The first client starts the download and receives the first half while the origin holds.
+    let mut streams = Vec::new();
+    for i in 0..CLIENTS {
+        // Different repository names: the blob is the same whichever name a client uses.
+        let url = format!("http://{}/v2/fake.test/repo{i}/blobs/{digest}", cache.addr());
+        let resp = client.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.content_length(), Some(data.len() as u64));
+        let mut s = resp.bytes_stream();
+        let mut got = Vec::new();
+        // Every client, late joiners included, gets bytes while the download is still held.
+        while got.len() < (1 << 20) {
+            got.extend_from_slice(&s.next().await.expect("bytes before the download ends").unwrap());
+        }
+        streams.push((got, s));
+    }
+    // HEAD while in flight is answered from the flight, not the origin.
+    let head = client.head(blob_url(&cache, &digest)).send().await.unwrap();
+    assert_eq!(head.headers()["content-length"], data.len().to_string().as_str());
+
+    origin.release();
+    for (mut got, mut s) in streams {
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(got, data);
+    }
+    assert_eq!(origin.count("GET", "/blobs/"), 1, "{:?}", origin.requests());
+    assert_eq!(origin.count("HEAD", "/blobs/"), 0);
+    // Committed: the next client is served from disk.
+    let again = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again, data);
+    assert_eq!(origin.count("GET", "/blobs/"), 1);
+    assert_eq!(cache.stored_blobs().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_bytes_are_never_completed_nor_cached() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(1 << 20, 2);
+    // Fault: the origin sends different bytes of the right length for this digest.
+    let digest = origin.add_blob(data, Fault::WrongBytes);
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, url) = (client.clone(), blob_url(&cache, &digest));
+        tasks.push(tokio::spawn(async move {
+            let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+            if resp.status() != 200 {
+                return Err(format!("status {}", resp.status()));
+            }
+            read_all(resp).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.is_err(), "a client received a complete body with wrong bytes");
+    }
+    assert!(cache.stored_blobs().is_empty());
+    // The next request starts afresh (and fails again, still storing nothing).
+    let before = origin.count("GET", "/blobs/");
+    let r = client.get(blob_url(&cache, &digest)).send().await.unwrap();
+    assert!(read_all(r).await.is_err());
+    assert!(origin.count("GET", "/blobs/") > before);
+    assert!(cache.stored_blobs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_download_resumes_with_a_range_request() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(2 << 20, 3);
+    // Fault: the first GET breaks the connection halfway.
+    let digest = origin.add_blob(data.clone(), Fault::DropOnceAt(1 << 20));
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+    let body = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(body, data);
+    let gets: Vec<_> = origin.requests().into_iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    // Resumed from the byte reached (bytes in transit when the connection broke are fetched again).
+    let start: usize = gets[1]
+        .range
+        .as_deref()
+        .unwrap()
+        .strip_prefix("bytes=")
+        .unwrap()
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(start > 0 && start <= 1 << 20, "resumed at {start}");
+    let stored = cache.stored_blobs();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_on_stored_and_in_flight_blobs() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(1 << 20, 4);
+    let held = random_bytes(1 << 20, 5);
+    let digest = origin.add_blob(data.clone(), Fault::None);
+    // Fault: held mid-way, to ask for a range while the download runs.
+    let held_digest = origin.add_blob(held.clone(), Fault::HoldAt(512 * 1024));
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+
+    let full = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(full, data);
+    let r = client
+        .get(blob_url(&cache, &digest))
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{}", data.len()).as_str()
+    );
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(read_all(r).await.unwrap(), &data[10..20]);
+    let tail = client
+        .get(blob_url(&cache, &digest))
+        .header("Range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_all(tail).await.unwrap(), &data[data.len() - 5..]);
+    let past = client
+        .get(blob_url(&cache, &digest))
+        .header("Range", format!("bytes={}-", data.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), 416);
+    assert_eq!(
+        past.headers()["content-range"],
+        format!("bytes */{}", data.len()).as_str()
+    );
+
+    // In flight: the range answer starts while the origin holds, and completes once verified.
+    let r = client
+        .get(blob_url(&cache, &held_digest))
+        .header("Range", "bytes=1000-200000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1000-200000/{}", held.len()).as_str()
+    );
+    let mut s = r.bytes_stream();
+    let first = s.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    origin.release();
+    let mut got = first.to_vec();
+    while let Some(c) = s.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, &held[1000..200001]);
+    assert_eq!(origin.count("GET", &held_digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_errors_become_oci_errors() {
+    let origin = FakeOrigin::start();
+    let missing = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    // Fault: the origin rate-limits this blob.
+    let limited = origin.add_blob(
+        random_bytes(1000, 6),
+        Fault::Status(429, vec![("Retry-After".into(), "30".into())]),
+    );
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+    let r = client.get(blob_url(&cache, missing)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "BLOB_UNKNOWN");
+    let r = client.get(blob_url(&cache, &limited)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "30");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_finishes_when_the_client_that_started_it_leaves() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(2 << 20, 7);
+    // Fault: held mid-way so the client can leave before the end.
+    let digest = origin.add_blob(data.clone(), Fault::HoldAt(1 << 20));
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+    let resp = client.get(blob_url(&cache, &digest)).send().await.unwrap();
+    let mut s = resp.bytes_stream();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    origin.release();
+    poll_until(DEFAULT_TIMEOUT, "the abandoned download to be committed", || {
+        !cache.stored_blobs().is_empty()
+    });
+    assert_eq!(std::fs::read(&cache.stored_blobs()[0]).unwrap(), data);
+    assert_eq!(origin.count("GET", "/blobs/"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_manifest_requests_share_one_upstream_request() {
+    let origin = FakeOrigin::start();
+    let manifest =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+    // Fault: the origin holds its answer so every client's request overlaps the first.
+    origin.add_manifest(
+        "1.0",
+        manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+        Fault::HoldAt(0),
+    );
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v2/fake.test/app/manifests/1.0", cache.addr());
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .get(url)
+                .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.bytes().await.unwrap())
+        }));
+    }
+    let c = &cache;
+    poll_until(DEFAULT_TIMEOUT, "all clients waiting in the cache", || {
+        c.metric("ocicache_requests_in_progress") == CLIENTS as f64
+    });
+    origin.release();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], &manifest[..]);
+    }
+    assert_eq!(origin.count("GET", "/manifests/1.0"), 1, "{:?}", origin.requests());
+}
