@@ -242,8 +242,9 @@ upstream_mark() { upstream_sync; wc -l <"$UP_ACCESS"; }
 # upstream_since MARK: "<blob GETs> <blob bytes> <all requests>" logged after MARK.
 upstream_since() {
     upstream_sync
-    tail -n "+$(($1 + 1))" "$UP_ACCESS" | grep -v bench_sentinel |
+    tail -n "+$(($1 + 1))" "$UP_ACCESS" |
         awk -v blob="/blobs/$BLOB_DIGEST" '
+            /bench_sentinel=/ { next }
             { all++ }
             $6 == "\"GET" && index($7, blob) { n++; if ($10 ~ /^[0-9]+$/) b += $10 }
             END { printf "%d %d %d\n", n, b, all }'
@@ -251,8 +252,9 @@ upstream_since() {
 # upstream_methods MARK: "METHOD kind" counts after MARK, for the notes.
 upstream_methods() {
     upstream_sync
-    tail -n "+$(($1 + 1))" "$UP_ACCESS" | grep -v bench_sentinel |
-        awk '{ m = substr($6, 2); k = ($7 ~ /\/manifests\//) ? "manifests" : ($7 ~ /\/blobs\//) ? "blobs" : "other"; c[m " " k]++ }
+    tail -n "+$(($1 + 1))" "$UP_ACCESS" |
+        awk '/bench_sentinel=/ { next }
+             { m = substr($6, 2); k = ($7 ~ /\/manifests\//) ? "manifests" : ($7 ~ /\/blobs\//) ? "blobs" : "other"; c[m " " k]++ }
              END { for (x in c) printf "%s=%d ", x, c[x] }'
 }
 
@@ -579,7 +581,7 @@ for r in $(seq "$REPEAT"); do
         if [[ $s != nginx ]]; then
             read -r _ _ all < <(upstream_since "$mark")
             add "man_up.$s" "$all"
-            [[ $r == 1 ]] && MAN_UP[$s]=$(upstream_methods "$mark")
+            if [[ $r == 1 ]]; then MAN_UP[$s]=$(upstream_methods "$mark"); fi
         fi
     done
     log "manifest round $r done"
