@@ -8,7 +8,7 @@
 #   REPEAT          repetitions of every figure; the median is printed (default 3)
 #   BENCH_CLIENTS   concurrent clients for the "many clients" figures (default 16)
 #   BENCH_WARM_MB   minimum MiB moved by each warm-throughput measurement (default 1024)
-#   BENCH_DURATION  seconds of each manifest-rate run (wrk -d, ab -t) (default 3)
+#   BENCH_DURATION  seconds of each manifest-rate run (wrk -d, ab -t) (default 5)
 #   BENCH_CONNS     connections of the manifest-rate runs (default 32)
 #   OCICACHE_BIN    binary to benchmark (default target/release/ocicache; built if missing)
 #   BENCH_BUILD=1   run `cargo build --release` even if the binary exists
@@ -19,7 +19,7 @@ LAYER_MB=${BENCH_LAYER_MB:-200}
 REPEAT=${REPEAT:-3}
 CLIENTS=${BENCH_CLIENTS:-16}
 WARM_MB=${BENCH_WARM_MB:-1024}
-DURATION=${BENCH_DURATION:-3}
+DURATION=${BENCH_DURATION:-5}
 CONNS=${BENCH_CONNS:-32}
 HEAD_MAX_N=5000000 # ab stops at -t seconds; this only bounds the count
 OCI_MT=application/vnd.oci.image.manifest.v1+json
@@ -30,6 +30,7 @@ TAG=v1             # not matched by ocicache's default --skip-tags (latest)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${OCICACHE_BIN:-$ROOT/target/release/ocicache}
 START_SECONDS=$SECONDS
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log() { printf '[bench %4ds] %s\n' "$((SECONDS - START_SECONDS))" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -247,7 +248,7 @@ upstream_since() {
             /bench_sentinel=/ { next }
             { all++ }
             $6 == "\"GET" && index($7, blob) { n++; if ($10 ~ /^[0-9]+$/) b += $10 }
-            END { printf "%d %d %d\n", n, b, all }'
+            END { printf "%d %.0f %d\n", n, b, all }'
 }
 # upstream_methods MARK: "METHOD kind" counts after MARK, for the notes.
 upstream_methods() {
@@ -504,7 +505,7 @@ warm() {
     secs=$(secs_since "$t0")
     CURL_PIDS=()
     check_results "$server" "warm GET ($c clients)" "$k" "$WORK"/res.*
-    total=$(cat "$WORK"/res.* | awk '$1 == 200 { s += $2 } END { printf "%d", s }')
+    total=$(cat "$WORK"/res.* | awk '$1 == 200 { s += $2 } END { printf "%.0f", s }')
     add "warm$c.$server" "$(awk -v b="$total" -v t="$secs" 'BEGIN{printf "%.1f", b/1048576/t}')"
 }
 
@@ -693,5 +694,7 @@ blob_mib=$(awk -v s="$BLOB_SIZE" 'BEGIN{printf "%.1f", s/1048576}')
         echo "No problems seen (every response had status 200 and the full size)."
     fi
     echo
+    echo "Load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "(anything else busy on the machine, e.g. a concurrent cargo build, shows up here and skews the figures)"
     echo "Total run time: $((SECONDS - START_SECONDS)) s"
 }

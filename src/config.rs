@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use regex::Regex;
@@ -13,7 +14,7 @@ use url::Url;
 
 use crate::cache::TagPolicy;
 use crate::oci::RegistryName;
-use crate::upstream::{Credentials, Registries};
+use crate::upstream::{Credentials, OriginOptions, Registries};
 
 pub const DEFAULT_PORT: u16 = 3000;
 pub const DEFAULT_CACHE_DIR: &str = "/tmp/data";
@@ -96,6 +97,44 @@ pub struct Cli {
     /// Registry for requests with neither `?ns=` nor a registry host in the path [default: docker.io]
     #[arg(long, value_name = "NAME")]
     pub default_registry: Option<String>,
+
+    /// How long a cached tag is served before revalidating with a HEAD (0 = every time) [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tag_ttl: Option<Duration>,
+
+    /// Regex of tags that never move (e.g. '^v?[0-9]+(\.[0-9]+){2}$'): never revalidated
+    #[arg(long, value_name = "REGEX")]
+    pub immutable_tags: Option<String>,
+
+    /// Serve only what is cached; never contact an origin
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    pub offline: Option<bool>,
+
+    /// Time allowed to connect to an origin [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Time allowed for an origin's response headers [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub first_byte_timeout: Option<Duration>,
+
+    /// How long a failed origin endpoint is skipped (doubles while it keeps failing, up to 8x) [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub endpoint_backoff: Option<Duration>,
+}
+
+/// `5m`, `30s`, `1h30m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
+}
+
+fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
 /// Go's flag package accepts these spellings; containerd-registry-cache's README uses `=no`.
@@ -125,6 +164,16 @@ pub struct FileConfig {
     #[serde(default)]
     pub allow_registries: Vec<String>,
     pub default_registry: Option<String>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub tag_ttl: Option<Duration>,
+    pub immutable_tags: Option<String>,
+    pub offline: Option<bool>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub first_byte_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub endpoint_backoff: Option<Duration>,
     /// Per-registry settings, keyed by registry name.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryFileConfig>,
@@ -149,6 +198,7 @@ pub struct Config {
     pub default_registry: RegistryName,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub origin: OriginOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +314,24 @@ impl Config {
             )));
         }
 
+        let immutable = cli.immutable_tags.or(file.immutable_tags).filter(|s| !s.is_empty());
+        let immutable_tags = match immutable {
+            Some(re) => Some(
+                Regex::new(&re).map_err(|e| invalid(format!("--immutable-tags {re:?} is not a valid regex: {e}")))?,
+            ),
+            None => None,
+        };
+        let defaults = OriginOptions::default();
+        let origin = OriginOptions {
+            offline: cli.offline.or(file.offline).unwrap_or(false),
+            connect_timeout: cli.connect_timeout.or(file.connect_timeout).unwrap_or(defaults.connect_timeout),
+            first_byte_timeout: cli
+                .first_byte_timeout
+                .or(file.first_byte_timeout)
+                .unwrap_or(defaults.first_byte_timeout),
+            endpoint_backoff: cli.endpoint_backoff.or(file.endpoint_backoff).unwrap_or(defaults.endpoint_backoff),
+        };
+
         let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| invalid(format!("--log-level {log_level:?}: {e}")))?;
@@ -275,7 +343,10 @@ impl Config {
                 cache_manifests: cli.cache_manifests.or(file.cache_manifests).unwrap_or(true),
                 skip_tags,
                 private_registries,
+                tag_ttl: cli.tag_ttl.or(file.tag_ttl).unwrap_or(Duration::from_secs(300)),
+                immutable_tags,
             },
+            origin,
             credentials,
             registries,
             default_registry,

@@ -161,6 +161,16 @@ impl Error {
         (status, OciError::new(code, msg), headers)
     }
 
+    /// Whether the origin is down or refusing service (unreachable, timeout, 5xx, 429): the cases where
+    /// serving a cached answer beats passing the failure on.
+    pub fn is_origin_failure(&self) -> bool {
+        match self.inner() {
+            Error::Unreachable { .. } => true,
+            Error::Upstream(u) => u.status.is_server_error() || u.status == StatusCode::TOO_MANY_REQUESTS,
+            _ => false,
+        }
+    }
+
     /// Whether the origin refused without credentials, so a client that sent its own may try them.
     pub fn wants_client_credentials(&self) -> bool {
         matches!(self.inner(), Error::Upstream(u) if matches!(u.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND))

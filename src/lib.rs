@@ -24,8 +24,13 @@ pub use error::Error;
 pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
     let store = store::FsStore::open(&config.cache_dir)
         .map_err(|e| format!("cannot open cache directory {}: {e}", config.cache_dir.display()))?;
-    let origin = upstream::OriginClient::new(config.registries.clone(), config.credentials.clone())?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let origin = upstream::OriginClient::new(
+        config.registries.clone(),
+        config.credentials.clone(),
+        config.origin.clone(),
+        metrics.clone(),
+    )?;
     let cache = cache::Cache::new(store, origin, config.policy.clone(), metrics.clone());
     Ok(Arc::new(server::AppState {
         cache,

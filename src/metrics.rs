@@ -5,6 +5,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -18,6 +19,8 @@ pub enum CacheResult {
     Miss,
     /// Fetched from the origin and not saved (skip-tags, --cache-manifests=false, private content).
     Skip,
+    /// Served from the cache because the origin failed (stale-if-error).
+    Stale,
 }
 
 impl CacheResult {
@@ -26,6 +29,7 @@ impl CacheResult {
             CacheResult::Hit => "hit",
             CacheResult::Miss => "miss",
             CacheResult::Skip => "skip",
+            CacheResult::Stale => "stale",
         }
     }
 }
@@ -40,6 +44,12 @@ pub struct Metrics {
     pub inflight_downloads: Gauge,
     pub requests_in_progress: Gauge,
     pub resumes: Counter,
+    revalidations: Family<Labels, Counter>,
+    endpoint_failures: Family<Labels, Counter>,
+    circuit_open: Family<Labels, Gauge>,
+    ratelimit_limit: Family<Labels, Gauge>,
+    ratelimit_remaining: Family<Labels, Gauge>,
+    upstream_latency: Family<Labels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -99,7 +109,49 @@ impl Metrics {
             "Blob downloads resumed after the origin dropped",
             resumes.clone(),
         );
+        let revalidations = Family::<Labels, Counter>::default();
+        registry.register(
+            "ocicache_revalidations",
+            "Tag revalidations with the origin (HEAD) by registry and outcome (unchanged, changed)",
+            revalidations.clone(),
+        );
+        let endpoint_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "ocicache_endpoint_failures",
+            "Origin endpoint failures (unreachable, timeout, 5xx) by registry and endpoint",
+            endpoint_failures.clone(),
+        );
+        let circuit_open = Family::<Labels, Gauge>::default();
+        registry.register(
+            "ocicache_endpoint_circuit_open",
+            "1 while an origin endpoint is skipped after failing",
+            circuit_open.clone(),
+        );
+        let ratelimit_limit = Family::<Labels, Gauge>::default();
+        registry.register(
+            "ocicache_upstream_ratelimit_limit",
+            "Last ratelimit-limit an origin reported (Docker Hub pulls per window)",
+            ratelimit_limit.clone(),
+        );
+        let ratelimit_remaining = Family::<Labels, Gauge>::default();
+        registry.register(
+            "ocicache_upstream_ratelimit_remaining",
+            "Last ratelimit-remaining an origin reported",
+            ratelimit_remaining.clone(),
+        );
+        let upstream_latency = Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "ocicache_upstream_request_duration_seconds",
+            "Time to the origin's response headers by registry and status",
+            upstream_latency.clone(),
+        );
         Metrics {
+            revalidations,
+            endpoint_failures,
+            circuit_open,
+            ratelimit_limit,
+            ratelimit_remaining,
+            upstream_latency,
             registry,
             containerd_cache,
             cache_requests,
@@ -135,6 +187,38 @@ impl Metrics {
             .inc();
     }
 
+    pub fn revalidation(&self, registry: &str, changed: bool) {
+        let outcome = if changed { "changed" } else { "unchanged" };
+        self.revalidations.get_or_create(&vec![("registry", registry.to_owned()), ("outcome", outcome.to_owned())]).inc();
+    }
+
+    pub fn endpoint_failed(&self, registry: &str, endpoint: &str) {
+        let labels = vec![("registry", registry.to_owned()), ("endpoint", endpoint.to_owned())];
+        self.endpoint_failures.get_or_create(&labels).inc();
+        self.circuit_open.get_or_create(&labels).set(1);
+    }
+
+    pub fn endpoint_recovered(&self, registry: &str, endpoint: &str) {
+        let labels = vec![("registry", registry.to_owned()), ("endpoint", endpoint.to_owned())];
+        self.circuit_open.get_or_create(&labels).set(0);
+    }
+
+    pub fn ratelimit(&self, registry: &str, limit: Option<i64>, remaining: Option<i64>) {
+        let labels = vec![("registry", registry.to_owned())];
+        if let Some(l) = limit {
+            self.ratelimit_limit.get_or_create(&labels).set(l);
+        }
+        if let Some(r) = remaining {
+            self.ratelimit_remaining.get_or_create(&labels).set(r);
+        }
+    }
+
+    pub fn upstream_latency(&self, registry: &str, status: u16, seconds: f64) {
+        self.upstream_latency
+            .get_or_create(&vec![("registry", registry.to_owned()), ("status", status.to_string())])
+            .observe(seconds);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -143,4 +227,9 @@ impl Metrics {
         }
         out
     }
+}
+
+/// 5 ms to about 40 s: origin answers range from a loopback mirror to a struggling Docker Hub.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }

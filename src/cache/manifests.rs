@@ -11,7 +11,7 @@ use super::{Cache, TagDecision};
 use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::accept::is_index;
-use crate::oci::{AcceptList, Digest, Reference, Target};
+use crate::oci::{AcceptList, Digest, Reference, Tag, Target};
 use crate::store::fs::{now_secs, valid_media_type};
 use crate::store::{StoredManifest, TagEntry};
 use crate::upstream::{OriginClient, OriginRequest};
@@ -42,6 +42,19 @@ pub enum ManifestAnswer {
     },
 }
 
+impl ManifestQuery {
+    /// The same request by digest (to fetch what a tag points at).
+    fn for_digest(&self, d: &Digest) -> ManifestQuery {
+        ManifestQuery {
+            target: self.target.clone(),
+            reference: Reference::Digest(d.clone()),
+            accept: self.accept.clone(),
+            head: false,
+            client_auth: self.client_auth.clone(),
+        }
+    }
+}
+
 impl ManifestAnswer {
     pub fn result(&self) -> CacheResult {
         match self {
@@ -55,10 +68,7 @@ impl Cache {
         let registry = q.target.registry.as_str();
         let answer = match &q.reference {
             Reference::Digest(d) => self.manifest_by_digest(q, d).await?,
-            Reference::Tag(tag) => match self.policy.decide(&q.target.registry, tag) {
-                TagDecision::Cache => self.cached_tag(q, tag).await?,
-                TagDecision::Skip => self.skipped_tag(q).await?,
-            },
+            Reference::Tag(tag) => self.by_tag(q, tag).await?,
         };
         self.metrics.cache_result(registry, "manifest", answer.result());
         Ok(answer)
@@ -84,75 +94,109 @@ impl Cache {
         Ok(ManifestAnswer::Full { manifest, result })
     }
 
-    async fn cached_tag(&self, q: &ManifestQuery, tag: &crate::oci::Tag) -> Result<ManifestAnswer, Error> {
-        let entries = self.store.tag_entries(&q.target.registry, &q.target.repository, tag)?;
-        // A registry prefers an index when the client accepts one; so do we.
-        let entry = entries
-            .iter()
-            .filter(|e| q.accept.accepts(&e.media_type))
-            .max_by_key(|e| (is_index(&e.media_type), e.fetched_at));
-        if let Some(entry) = entry {
-            if let Ok(d) = entry.digest.parse::<Digest>() {
-                if let Some(m) = self.store.manifest(&d)? {
-                    return Ok(ManifestAnswer::Full {
-                        manifest: m,
-                        result: CacheResult::Hit,
-                    });
-                }
-                if q.head {
-                    return Ok(ManifestAnswer::Head {
-                        digest: Some(d),
-                        media_type: entry.media_type.clone(),
-                        size: Some(entry.size),
-                        result: CacheResult::Hit,
-                    });
-                }
-                let by_digest = ManifestQuery {
-                    target: q.target.clone(),
-                    reference: Reference::Digest(d.clone()),
-                    accept: q.accept.clone(),
-                    head: false,
-                    client_auth: q.client_auth.clone(),
-                };
-                let (manifest, _) = self.fetch(&by_digest, Some(d), true, false).await?;
-                return Ok(ManifestAnswer::Full {
-                    manifest,
-                    result: CacheResult::Miss,
-                });
+    /// A manifest by tag: fresh cached answers are served as they are; stale ones are revalidated with
+    /// a HEAD (and fetched by digest only if the tag moved); when the origin fails, the last known
+    /// answer is served anyway (stale-if-error), even for tags that are otherwise never cached.
+    async fn by_tag(&self, q: &ManifestQuery, tag: &Tag) -> Result<ManifestAnswer, Error> {
+        let decision = self.policy.decide(&q.target.registry, tag);
+        let may_store = self.policy.may_store_manifests(&q.target.registry);
+        let known = if may_store { self.pick_entry(q, tag)? } else { None };
+        if let Some(entry) = &known {
+            if decision == TagDecision::Cache && self.policy.is_fresh(tag, entry.fetched_at, now_secs()) {
+                return self.serve_entry(q, entry, CacheResult::Hit).await;
             }
+            return self.revalidate(q, entry, decision).await;
         }
+        let result = match decision {
+            TagDecision::Cache => CacheResult::Miss,
+            TagDecision::Skip => CacheResult::Skip,
+        };
         if q.head {
-            let answer = self.head_upstream(q, CacheResult::Miss).await?;
-            if let ManifestAnswer::Head {
-                digest: Some(d),
-                media_type,
-                size: Some(size),
-                result,
-            } = &answer
-            {
-                if *result == CacheResult::Miss {
+            let answer = self.head_upstream(q, result).await?;
+            if let ManifestAnswer::Head { digest: Some(d), media_type, size: Some(size), result: r } = &answer {
+                if *r == result && may_store {
                     self.remember_tag(q, d, media_type, *size);
                 }
             }
             return Ok(answer);
         }
-        let (manifest, public) = self.fetch(q, None, true, true).await?;
-        let result = if public { CacheResult::Miss } else { CacheResult::Skip };
-        Ok(ManifestAnswer::Full { manifest, result })
+        let (manifest, public) = self.fetch(q, None, may_store, may_store).await?;
+        Ok(ManifestAnswer::Full { manifest, result: if public { result } else { CacheResult::Skip } })
     }
 
-    async fn skipped_tag(&self, q: &ManifestQuery) -> Result<ManifestAnswer, Error> {
-        if q.head {
-            return self.head_upstream(q, CacheResult::Skip).await;
+    /// The tag entry for the media types this client accepts; an index is preferred, as registries do.
+    fn pick_entry(&self, q: &ManifestQuery, tag: &Tag) -> Result<Option<TagEntry>, Error> {
+        let entries = self.store.tag_entries(&q.target.registry, &q.target.repository, tag)?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| q.accept.accepts(&e.media_type) && e.digest.parse::<Digest>().is_ok())
+            .max_by_key(|e| (is_index(&e.media_type), e.fetched_at)))
+    }
+
+    async fn revalidate(&self, q: &ManifestQuery, entry: &TagEntry, decision: TagDecision) -> Result<ManifestAnswer, Error> {
+        let (unchanged_result, changed_result) = match decision {
+            TagDecision::Cache => (CacheResult::Hit, CacheResult::Miss),
+            TagDecision::Skip => (CacheResult::Skip, CacheResult::Skip),
+        };
+        let registry = q.target.registry.as_str();
+        match self.head_upstream(q, unchanged_result).await {
+            Ok(ManifestAnswer::Head { digest: Some(d), media_type, size, .. }) => {
+                let unchanged = d.to_string() == entry.digest;
+                self.metrics.revalidation(registry, !unchanged);
+                if unchanged {
+                    self.remember_tag(q, &d, &entry.media_type, entry.size);
+                    return self.serve_entry(q, entry, unchanged_result).await;
+                }
+                tracing::info!(target = %q.target, reference = %q.reference, from = %entry.digest, to = %d, "tag moved upstream");
+                if q.head {
+                    if let Some(size) = size {
+                        self.remember_tag(q, &d, &media_type, size);
+                    }
+                    return Ok(ManifestAnswer::Head { digest: Some(d), media_type, size, result: changed_result });
+                }
+                let by_digest = q.for_digest(&d);
+                let (manifest, public) = self.fetch(&by_digest, Some(d.clone()), true, false).await?;
+                if public {
+                    self.remember_tag(q, &d, &manifest.media_type, manifest.bytes.len() as u64);
+                }
+                Ok(ManifestAnswer::Full { manifest, result: changed_result })
+            }
+            // The origin's HEAD gave no digest: ask with a GET instead.
+            Ok(answer) if q.head => Ok(answer),
+            Ok(_) => {
+                let (manifest, public) = self.fetch(q, None, true, true).await?;
+                Ok(ManifestAnswer::Full { manifest, result: if public { changed_result } else { CacheResult::Skip } })
+            }
+            Err(e) if e.is_origin_failure() => {
+                tracing::warn!(
+                    target = %q.target,
+                    reference = %q.reference,
+                    digest = %entry.digest,
+                    error = %e,
+                    "origin failed; serving the cached manifest (stale-if-error)"
+                );
+                self.serve_entry(q, entry, CacheResult::Stale).await
+            }
+            Err(e) => Err(e),
         }
-        // The tag is not remembered, but the content is immutable under its digest: keep it, so the
-        // GET by digest that follows is a hit.
-        let store = self.policy.may_store_manifests(&q.target.registry);
-        let (manifest, _) = self.fetch(q, None, store, false).await?;
-        Ok(ManifestAnswer::Full {
-            manifest,
-            result: CacheResult::Skip,
-        })
+    }
+
+    /// Answers from a tag entry: the stored manifest, or for a HEAD what the entry records.
+    async fn serve_entry(&self, q: &ManifestQuery, entry: &TagEntry, result: CacheResult) -> Result<ManifestAnswer, Error> {
+        let d: Digest = entry.digest.parse()?;
+        if let Some(m) = self.store.manifest(&d)? {
+            return Ok(ManifestAnswer::Full { manifest: m, result });
+        }
+        if q.head {
+            return Ok(ManifestAnswer::Head {
+                digest: Some(d),
+                media_type: entry.media_type.clone(),
+                size: Some(entry.size),
+                result,
+            });
+        }
+        let (manifest, _) = self.fetch(&q.for_digest(&d), Some(d), true, false).await?;
+        Ok(ManifestAnswer::Full { manifest, result })
     }
 
     fn remember_tag(&self, q: &ManifestQuery, d: &Digest, media_type: &str, size: u64) {

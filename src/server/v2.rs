@@ -123,7 +123,11 @@ async fn api(
             };
             let answer = state.cache.manifest(&q).await?;
             let result = answer.result();
-            Ok((manifest_response(answer, head, &q.reference), Some(result)))
+            let mut resp = manifest_response(answer, head, &q.reference);
+            if result == CacheResult::Stale {
+                resp.headers_mut().insert(http::header::WARNING, http::HeaderValue::from_static("110 - \"Response is Stale\""));
+            }
+            Ok((resp, Some(result)))
         }
         RouteKind::Blob(digest) => {
             let answer = state.cache.blob(target, &digest, head, client_auth).await?;

@@ -3,7 +3,7 @@
 //! by reqwest, which drops `Authorization` when the host changes.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -12,6 +12,8 @@ use url::Url;
 
 use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
 use super::creds::{Credential, Credentials};
+use super::health::OriginHealth;
+use crate::metrics::Metrics;
 use super::registries::Registries;
 use crate::error::{Error, Resource, UpstreamStatus};
 use crate::oci::Target;
@@ -29,8 +31,34 @@ pub struct OriginRequest<'a> {
     pub client_auth: Option<HeaderValue>,
 }
 
+/// How ocicache treats origins that are slow or failing.
+#[derive(Debug, Clone)]
+pub struct OriginOptions {
+    /// Never contact an origin; serve only what is cached.
+    pub offline: bool,
+    pub connect_timeout: Duration,
+    /// Time allowed for the response headers (a stuck origin must not stall a node's pull).
+    pub first_byte_timeout: Duration,
+    /// How long a failed endpoint is skipped before it is tried again.
+    pub endpoint_backoff: Duration,
+}
+
+impl Default for OriginOptions {
+    fn default() -> Self {
+        OriginOptions {
+            offline: false,
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(30),
+            endpoint_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
 pub struct OriginClient {
     http: reqwest::Client,
+    options: OriginOptions,
+    health: OriginHealth,
+    metrics: Arc<Metrics>,
     registries: Registries,
     creds: Credentials,
     tokens: TokenCache,
@@ -38,22 +66,28 @@ pub struct OriginClient {
     basic_endpoints: Mutex<HashSet<String>>,
 }
 
-/// How long to wait for a TCP (and TLS) connection to an origin.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a read may stall before the transfer counts as failed (and a blob fill resumes).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl OriginClient {
-    pub fn new(registries: Registries, creds: Credentials) -> Result<Self, String> {
+    pub fn new(
+        registries: Registries,
+        creds: Credentials,
+        options: OriginOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("ocicache/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(options.connect_timeout)
             .read_timeout(READ_TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
         Ok(OriginClient {
             http,
+            health: OriginHealth::new(options.endpoint_backoff),
+            options,
+            metrics,
             registries,
             creds,
             tokens: TokenCache::default(),
@@ -69,25 +103,48 @@ impl OriginClient {
     /// any other status becomes `Error::Upstream` carrying what the client needs (challenge, Retry-After).
     pub async fn send(&self, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
         let registry = &req.target.registry;
-        let endpoints = self
-            .registries
-            .endpoints(registry)
-            .ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
+        let endpoints =
+            self.registries.endpoints(registry).ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
+        if self.options.offline {
+            return Err(self.unreachable(req, "offline mode (--offline): origins are not contacted".into()));
+        }
+        if let Some(wait) = self.health.held_for(registry) {
+            return Err(self.rate_limited(req, wait));
+        }
         let mut last = None;
         for endpoint in endpoints {
+            let ep = endpoint.as_str();
+            if let Some(wait) = self.health.open_for(ep) {
+                let reason = format!("endpoint {ep} failed recently; skipped for another {}s", wait.as_secs().max(1));
+                last = Some(self.unreachable(req, reason));
+                continue;
+            }
             match self.attempt(&endpoint, req).await {
-                Ok(resp) => return Ok(resp),
-                Err(e) if fails_over(&e) => {
-                    tracing::warn!(%registry, endpoint = %endpoint, error = %e, "origin endpoint failed");
+                Err(e) if is_rate_limit(&e) => {
+                    let wait = retry_after(&e);
+                    if let Some(wait) = wait {
+                        self.health.hold(registry, wait);
+                    }
+                    tracing::warn!(%registry, endpoint = ep, retry_after_s = wait.map(|w| w.as_secs()), "origin is rate-limiting");
                     last = Some(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) if fails_over(&e) => {
+                    let open = self.health.failed(ep);
+                    self.metrics.endpoint_failed(registry.as_str(), ep);
+                    tracing::warn!(%registry, endpoint = ep, error = %e, skip_s = open.as_secs(), "origin endpoint failed; skipping it for a while");
+                    last = Some(e);
+                }
+                other => {
+                    // Any answer, even a 404, shows the endpoint is alive.
+                    if self.health.succeeded(ep) {
+                        self.metrics.endpoint_recovered(registry.as_str(), ep);
+                        tracing::info!(%registry, endpoint = ep, "origin endpoint answers again");
+                    }
+                    return other;
+                }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unreachable {
-            registry: registry.clone(),
-            reason: "no endpoints".into(),
-        }))
+        Err(last.unwrap_or_else(|| Error::Unreachable { registry: registry.clone(), reason: "no endpoints".into() }))
     }
 
     async fn attempt(&self, endpoint: &Url, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
@@ -206,7 +263,34 @@ impl OriginClient {
         if let Some(a) = auth {
             builder = builder.header(AUTHORIZATION, a);
         }
-        builder.send().await.map_err(|e| self.unreachable(req, describe(&e)))
+        let started = tokio::time::Instant::now();
+        let resp = match tokio::time::timeout(self.options.first_byte_timeout, builder.send()).await {
+            Ok(r) => r.map_err(|e| self.unreachable(req, describe(&e)))?,
+            Err(_) => {
+                let secs = self.options.first_byte_timeout.as_secs_f64();
+                return Err(self.unreachable(req, format!("no response within {secs}s")));
+            }
+        };
+        let registry = req.target.registry.as_str();
+        self.metrics.upstream_latency(registry, resp.status().as_u16(), started.elapsed().as_secs_f64());
+        let limit = ratelimit_header(resp.headers().get("ratelimit-limit"));
+        let remaining = ratelimit_header(resp.headers().get("ratelimit-remaining"));
+        if limit.is_some() || remaining.is_some() {
+            self.metrics.ratelimit(registry, limit, remaining);
+        }
+        Ok(resp)
+    }
+
+    fn rate_limited(&self, req: &OriginRequest<'_>, wait: Duration) -> Error {
+        let secs = wait.as_secs().max(1);
+        Error::Upstream(Box::new(UpstreamStatus {
+            registry: req.target.registry.clone(),
+            resource: req.resource,
+            what: format!("{}/{} (not asked: waiting {secs}s more for its Retry-After)", req.target.repository, req.path),
+            status: StatusCode::TOO_MANY_REQUESTS,
+            challenge: None,
+            retry_after: HeaderValue::from_str(&secs.to_string()).ok(),
+        }))
     }
 
     fn classify(&self, req: &OriginRequest<'_>, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
@@ -232,13 +316,33 @@ impl OriginClient {
     }
 }
 
-/// Failures worth trying the next endpoint for: the endpoint is down or overloaded, not "no such thing".
+/// Failures that say the endpoint is down, worth trying the next endpoint for (and opening its circuit).
 fn fails_over(e: &Error) -> bool {
     match e {
         Error::Unreachable { .. } => true,
-        Error::Upstream(u) => u.status.is_server_error() || u.status == StatusCode::TOO_MANY_REQUESTS,
+        Error::Upstream(u) => u.status.is_server_error(),
         _ => false,
     }
+}
+
+fn is_rate_limit(e: &Error) -> bool {
+    matches!(e, Error::Upstream(u) if u.status == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(e: &Error) -> Option<Duration> {
+    let Error::Upstream(u) = e else { return None };
+    let v = u.retry_after.as_ref()?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+/// Docker Hub sends `ratelimit-remaining: 76;w=21600`: the count before the `;`.
+fn ratelimit_header(v: Option<&HeaderValue>) -> Option<i64> {
+    v?.to_str().ok()?.split(';').next()?.trim().parse().ok()
 }
 
 fn bearer(token: &str) -> HeaderValue {

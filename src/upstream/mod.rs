@@ -4,9 +4,10 @@
 pub mod auth;
 pub mod client;
 pub mod creds;
+pub mod health;
 pub mod registries;
 
-pub use client::{OriginClient, OriginRequest};
+pub use client::{OriginClient, OriginOptions, OriginRequest};
 pub use creds::{Credential, Credentials};
 pub use registries::Registries;
 
