@@ -134,7 +134,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Go's flag package accepts these spellings; containerd-registry-cache's README uses `=no`.
@@ -324,12 +325,18 @@ impl Config {
         let defaults = OriginOptions::default();
         let origin = OriginOptions {
             offline: cli.offline.or(file.offline).unwrap_or(false),
-            connect_timeout: cli.connect_timeout.or(file.connect_timeout).unwrap_or(defaults.connect_timeout),
+            connect_timeout: cli
+                .connect_timeout
+                .or(file.connect_timeout)
+                .unwrap_or(defaults.connect_timeout),
             first_byte_timeout: cli
                 .first_byte_timeout
                 .or(file.first_byte_timeout)
                 .unwrap_or(defaults.first_byte_timeout),
-            endpoint_backoff: cli.endpoint_backoff.or(file.endpoint_backoff).unwrap_or(defaults.endpoint_backoff),
+            endpoint_backoff: cli
+                .endpoint_backoff
+                .or(file.endpoint_backoff)
+                .unwrap_or(defaults.endpoint_backoff),
         };
 
         let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned());

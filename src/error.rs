@@ -135,6 +135,8 @@ impl Error {
                         (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
                     }
                     s if s.is_client_error() => (s, ErrorCode::Unknown),
+                    // The origin's own 5xx, so containerd sees what happened and falls back.
+                    s if s.is_server_error() => (s, ErrorCode::Unavailable),
                     _ => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
                 }
             }

@@ -139,7 +139,8 @@ impl Metrics {
             "Last ratelimit-remaining an origin reported",
             ratelimit_remaining.clone(),
         );
-        let upstream_latency = Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_latency =
+            Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "ocicache_upstream_request_duration_seconds",
             "Time to the origin's response headers by registry and status",
@@ -189,7 +190,12 @@ impl Metrics {
 
     pub fn revalidation(&self, registry: &str, changed: bool) {
         let outcome = if changed { "changed" } else { "unchanged" };
-        self.revalidations.get_or_create(&vec![("registry", registry.to_owned()), ("outcome", outcome.to_owned())]).inc();
+        self.revalidations
+            .get_or_create(&vec![
+                ("registry", registry.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
     }
 
     pub fn endpoint_failed(&self, registry: &str, endpoint: &str) {

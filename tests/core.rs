@@ -194,21 +194,39 @@ fn skipped_tags_and_uncached_manifests_ask_the_origin_every_time() {
     let (_d2, _img2) = push_image(&upstream, "test/img", "1", 4);
     let up = format!("one.test={}", upstream.url());
     let get = |cache: &Cache, tag: &str| {
-        let r = http_request(&cache.addr(), "GET", &format!("/v2/one.test/test/img/manifests/{tag}"), &[("Accept", ACCEPT_OCI)]);
+        let r = http_request(
+            &cache.addr(),
+            "GET",
+            &format!("/v2/one.test/test/img/manifests/{tag}"),
+            &[("Accept", ACCEPT_OCI)],
+        );
         assert_eq!(r.status, 200);
     };
 
     let cache = Cache::start(&["--upstream", &up]);
     for n in 1..=3 {
         get(&cache, "latest");
-        assert_eq!(asks(&upstream, "latest"), n, "skip-tags default `latest`: every request asks the origin");
+        assert_eq!(
+            asks(&upstream, "latest"),
+            n,
+            "skip-tags default `latest`: every request asks the origin"
+        );
     }
     // After the first GET the origin is asked with HEADs (Docker Hub counts GETs as pulls, not HEADs).
     assert_eq!(upstream.count("GET", "/manifests/latest"), 1);
-    let h = http_request(&cache.addr(), "HEAD", "/v2/one.test/test/img/manifests/latest", &[("Accept", ACCEPT_OCI)]);
+    let h = http_request(
+        &cache.addr(),
+        "HEAD",
+        "/v2/one.test/test/img/manifests/latest",
+        &[("Accept", ACCEPT_OCI)],
+    );
     assert_eq!(h.status, 200);
     assert_eq!(asks(&upstream, "latest"), 4);
-    assert_eq!(upstream.count("GET", "/manifests/latest"), 1, "a client HEAD never becomes an upstream GET");
+    assert_eq!(
+        upstream.count("GET", "/manifests/latest"),
+        1,
+        "a client HEAD never becomes an upstream GET"
+    );
     assert!(cache.metric("containerd_cache_total{result=\"skip\"}") >= 4.0);
 
     // A cacheable tag is fetched once and then served from the cache.

@@ -113,7 +113,13 @@ impl Cache {
         };
         if q.head {
             let answer = self.head_upstream(q, result).await?;
-            if let ManifestAnswer::Head { digest: Some(d), media_type, size: Some(size), result: r } = &answer {
+            if let ManifestAnswer::Head {
+                digest: Some(d),
+                media_type,
+                size: Some(size),
+                result: r,
+            } = &answer
+            {
                 if *r == result && may_store {
                     self.remember_tag(q, d, media_type, *size);
                 }
@@ -121,7 +127,10 @@ impl Cache {
             return Ok(answer);
         }
         let (manifest, public) = self.fetch(q, None, may_store, may_store).await?;
-        Ok(ManifestAnswer::Full { manifest, result: if public { result } else { CacheResult::Skip } })
+        Ok(ManifestAnswer::Full {
+            manifest,
+            result: if public { result } else { CacheResult::Skip },
+        })
     }
 
     /// The tag entry for the media types this client accepts; an index is preferred, as registries do.
@@ -133,14 +142,24 @@ impl Cache {
             .max_by_key(|e| (is_index(&e.media_type), e.fetched_at)))
     }
 
-    async fn revalidate(&self, q: &ManifestQuery, entry: &TagEntry, decision: TagDecision) -> Result<ManifestAnswer, Error> {
+    async fn revalidate(
+        &self,
+        q: &ManifestQuery,
+        entry: &TagEntry,
+        decision: TagDecision,
+    ) -> Result<ManifestAnswer, Error> {
         let (unchanged_result, changed_result) = match decision {
             TagDecision::Cache => (CacheResult::Hit, CacheResult::Miss),
             TagDecision::Skip => (CacheResult::Skip, CacheResult::Skip),
         };
         let registry = q.target.registry.as_str();
         match self.head_upstream(q, unchanged_result).await {
-            Ok(ManifestAnswer::Head { digest: Some(d), media_type, size, .. }) => {
+            Ok(ManifestAnswer::Head {
+                digest: Some(d),
+                media_type,
+                size,
+                ..
+            }) => {
                 let unchanged = d.to_string() == entry.digest;
                 self.metrics.revalidation(registry, !unchanged);
                 if unchanged {
@@ -152,20 +171,31 @@ impl Cache {
                     if let Some(size) = size {
                         self.remember_tag(q, &d, &media_type, size);
                     }
-                    return Ok(ManifestAnswer::Head { digest: Some(d), media_type, size, result: changed_result });
+                    return Ok(ManifestAnswer::Head {
+                        digest: Some(d),
+                        media_type,
+                        size,
+                        result: changed_result,
+                    });
                 }
                 let by_digest = q.for_digest(&d);
                 let (manifest, public) = self.fetch(&by_digest, Some(d.clone()), true, false).await?;
                 if public {
                     self.remember_tag(q, &d, &manifest.media_type, manifest.bytes.len() as u64);
                 }
-                Ok(ManifestAnswer::Full { manifest, result: changed_result })
+                Ok(ManifestAnswer::Full {
+                    manifest,
+                    result: changed_result,
+                })
             }
             // The origin's HEAD gave no digest: ask with a GET instead.
             Ok(answer) if q.head => Ok(answer),
             Ok(_) => {
                 let (manifest, public) = self.fetch(q, None, true, true).await?;
-                Ok(ManifestAnswer::Full { manifest, result: if public { changed_result } else { CacheResult::Skip } })
+                Ok(ManifestAnswer::Full {
+                    manifest,
+                    result: if public { changed_result } else { CacheResult::Skip },
+                })
             }
             Err(e) if e.is_origin_failure() => {
                 tracing::warn!(
@@ -182,7 +212,12 @@ impl Cache {
     }
 
     /// Answers from a tag entry: the stored manifest, or for a HEAD what the entry records.
-    async fn serve_entry(&self, q: &ManifestQuery, entry: &TagEntry, result: CacheResult) -> Result<ManifestAnswer, Error> {
+    async fn serve_entry(
+        &self,
+        q: &ManifestQuery,
+        entry: &TagEntry,
+        result: CacheResult,
+    ) -> Result<ManifestAnswer, Error> {
         let d: Digest = entry.digest.parse()?;
         if let Some(m) = self.store.manifest(&d)? {
             return Ok(ManifestAnswer::Full { manifest: m, result });

@@ -125,7 +125,10 @@ async fn api(
             let result = answer.result();
             let mut resp = manifest_response(answer, head, &q.reference);
             if result == CacheResult::Stale {
-                resp.headers_mut().insert(http::header::WARNING, http::HeaderValue::from_static("110 - \"Response is Stale\""));
+                resp.headers_mut().insert(
+                    http::header::WARNING,
+                    http::HeaderValue::from_static("110 - \"Response is Stale\""),
+                );
             }
             Ok((resp, Some(result)))
         }

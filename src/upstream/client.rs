@@ -13,9 +13,9 @@ use url::Url;
 use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
 use super::creds::{Credential, Credentials};
 use super::health::OriginHealth;
-use crate::metrics::Metrics;
 use super::registries::Registries;
 use crate::error::{Error, Resource, UpstreamStatus};
+use crate::metrics::Metrics;
 use crate::oci::Target;
 
 /// One request for an origin. `client_auth` is set only for a private fetch, made with the
@@ -103,8 +103,10 @@ impl OriginClient {
     /// any other status becomes `Error::Upstream` carrying what the client needs (challenge, Retry-After).
     pub async fn send(&self, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
         let registry = &req.target.registry;
-        let endpoints =
-            self.registries.endpoints(registry).ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
+        let endpoints = self
+            .registries
+            .endpoints(registry)
+            .ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
         if self.options.offline {
             return Err(self.unreachable(req, "offline mode (--offline): origins are not contacted".into()));
         }
@@ -115,7 +117,10 @@ impl OriginClient {
         for endpoint in endpoints {
             let ep = endpoint.as_str();
             if let Some(wait) = self.health.open_for(ep) {
-                let reason = format!("endpoint {ep} failed recently; skipped for another {}s", wait.as_secs().max(1));
+                let reason = format!(
+                    "endpoint {ep} failed recently; skipped for another {}s",
+                    wait.as_secs().max(1)
+                );
                 last = Some(self.unreachable(req, reason));
                 continue;
             }
@@ -144,7 +149,10 @@ impl OriginClient {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unreachable { registry: registry.clone(), reason: "no endpoints".into() }))
+        Err(last.unwrap_or_else(|| Error::Unreachable {
+            registry: registry.clone(),
+            reason: "no endpoints".into(),
+        }))
     }
 
     async fn attempt(&self, endpoint: &Url, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
@@ -272,7 +280,8 @@ impl OriginClient {
             }
         };
         let registry = req.target.registry.as_str();
-        self.metrics.upstream_latency(registry, resp.status().as_u16(), started.elapsed().as_secs_f64());
+        self.metrics
+            .upstream_latency(registry, resp.status().as_u16(), started.elapsed().as_secs_f64());
         let limit = ratelimit_header(resp.headers().get("ratelimit-limit"));
         let remaining = ratelimit_header(resp.headers().get("ratelimit-remaining"));
         if limit.is_some() || remaining.is_some() {
@@ -286,7 +295,10 @@ impl OriginClient {
         Error::Upstream(Box::new(UpstreamStatus {
             registry: req.target.registry.clone(),
             resource: req.resource,
-            what: format!("{}/{} (not asked: waiting {secs}s more for its Retry-After)", req.target.repository, req.path),
+            what: format!(
+                "{}/{} (not asked: waiting {secs}s more for its Retry-After)",
+                req.target.repository, req.path
+            ),
             status: StatusCode::TOO_MANY_REQUESTS,
             challenge: None,
             retry_after: HeaderValue::from_str(&secs.to_string()).ok(),

@@ -153,18 +153,36 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
         let Some((body, media_type, fault)) = found else {
             return status(404);
         };
-        if let Fault::HoldAt(_) = fault {
-            let _ = st.gate.subscribe().wait_for(|open| *open).await;
+        match fault {
+            Fault::HoldAt(_) => {
+                let _ = st.gate.subscribe().wait_for(|open| *open).await;
+            }
+            Fault::Status(code, hdrs) => {
+                let mut r = status(code);
+                for (k, v) in hdrs {
+                    r.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                return r;
+            }
+            _ => {}
         }
         let digest = super::sha256_digest(&body);
+        let len = body.len();
         let body = if method == Method::HEAD {
             Body::empty()
         } else {
-            Body::from(body.clone())
+            Body::from(body)
         };
         return Response::builder()
             .header("content-type", media_type)
+            .header("content-length", len)
             .header("docker-content-digest", digest)
+            // As Docker Hub reports its pull allowance.
+            .header("ratelimit-limit", "100;w=21600")
+            .header("ratelimit-remaining", "76;w=21600")
             .body(body)
             .unwrap();
     }
