@@ -10,6 +10,7 @@
 #   BENCH_WARM_MB   minimum MiB moved by each warm-throughput measurement (default 1024)
 #   BENCH_DURATION  seconds of each manifest-rate run (wrk -d, ab -t) (default 5)
 #   BENCH_CONNS     connections of the manifest-rate runs (default 32)
+#   BENCH_CURL_TIMEOUT  curl --max-time for every request (default 300)
 #   OCICACHE_BIN    binary to benchmark (default target/release/ocicache; built if missing)
 #   BENCH_BUILD=1   run `cargo build --release` even if the binary exists
 #   BENCH_KEEP=1    keep the temp dir (logs, access logs) instead of deleting it
@@ -21,6 +22,7 @@ CLIENTS=${BENCH_CLIENTS:-16}
 WARM_MB=${BENCH_WARM_MB:-1024}
 DURATION=${BENCH_DURATION:-5}
 CONNS=${BENCH_CONNS:-32}
+CURL_TIMEOUT=${BENCH_CURL_TIMEOUT:-300} # seconds; a download that hangs longer is reported, not waited for
 HEAD_MAX_N=5000000 # ab stops at -t seconds; this only bounds the count
 OCI_MT=application/vnd.oci.image.manifest.v1+json
 NS=bench.test      # the registry name ocicache knows the upstream by
@@ -214,7 +216,7 @@ done
 log "pushed bench/big:$TAG and bench/small:$TAG"
 
 # The manifest exactly as the upstream serves it, and its biggest layer: the blob under test.
-curl -sf -H "Accept: $OCI_MT" "http://127.0.0.1:$UP_PORT/v2/$REPO/manifests/$TAG" -o "$WORK/manifest.json" ||
+curl -sf --max-time "$CURL_TIMEOUT" -H "Accept: $OCI_MT" "http://127.0.0.1:$UP_PORT/v2/$REPO/manifests/$TAG" -o "$WORK/manifest.json" ||
     die "cannot read back the pushed manifest"
 MANIFEST_DIGEST=sha256:$(sha256sum "$WORK/manifest.json" | cut -d' ' -f1)
 read -r BLOB_DIGEST BLOB_SIZE < <(python3 -c '
@@ -231,7 +233,7 @@ log "blob $BLOB_DIGEST ($BLOB_SIZE bytes), manifest $MANIFEST_DIGEST"
 SENTINEL=0
 upstream_sync() {
     SENTINEL=$((SENTINEL + 1))
-    curl -s -o /dev/null "http://127.0.0.1:$UP_PORT/v2/?bench_sentinel=$SENTINEL" || true
+    curl -s --max-time "$CURL_TIMEOUT" -o /dev/null "http://127.0.0.1:$UP_PORT/v2/?bench_sentinel=$SENTINEL" || true
     local i
     for i in $(seq 100); do
         grep -q "bench_sentinel=$SENTINEL " "$UP_ACCESS" && return 0
@@ -376,7 +378,7 @@ NOTES=()
 log "correctness checks through ocicache"
 start_ocicache
 mark=$(upstream_mark)
-out=$(curl -s -o "$WORK/through-ocicache.blob" -w '%{http_code} %{size_download}' "$OCI_BLOB_URL" || echo "curl-failed")
+out=$(curl -s --max-time "$CURL_TIMEOUT" -o "$WORK/through-ocicache.blob" -w '%{http_code} %{size_download}' "$OCI_BLOB_URL" || echo "curl-failed")
 sum=sha256:$(sha256sum "$WORK/through-ocicache.blob" | cut -d' ' -f1)
 if [[ $out == "200 $BLOB_SIZE" && $sum == "$BLOB_DIGEST" ]]; then
     CORRECT_COLD="OK (cold GET: 200, $BLOB_SIZE bytes, sha256 matches the digest)"
@@ -385,7 +387,7 @@ else
     problem "blob through ocicache is wrong: $CORRECT_COLD"
 fi
 rm -f "$WORK/through-ocicache.blob"
-out=$(curl -s -o "$WORK/through-ocicache.blob" -w '%{http_code} %{size_download}' \
+out=$(curl -s --max-time "$CURL_TIMEOUT" -o "$WORK/through-ocicache.blob" -w '%{http_code} %{size_download}' \
     "http://127.0.0.1:$OCI_PORT/v2/$REPO/blobs/$BLOB_DIGEST?ns=$NS" || echo "curl-failed")
 sum=sha256:$(sha256sum "$WORK/through-ocicache.blob" | cut -d' ' -f1)
 if [[ $out == "200 $BLOB_SIZE" && $sum == "$BLOB_DIGEST" ]]; then
@@ -396,7 +398,7 @@ else
 fi
 rm -f "$WORK/through-ocicache.blob"
 for ref in "$TAG" "$MANIFEST_DIGEST"; do
-    got=$(curl -s -H "Accept: $OCI_MT" "$(manifest_url oci "$ref")" | sha256sum | cut -d' ' -f1)
+    got=$(curl -s --max-time "$CURL_TIMEOUT" -H "Accept: $OCI_MT" "$(manifest_url oci "$ref")" | sha256sum | cut -d' ' -f1 || true)
     [[ sha256:$got == "$MANIFEST_DIGEST" ]] || problem "manifest $ref through ocicache has digest sha256:$got, expected $MANIFEST_DIGEST"
 done
 t0=$(now_ns)
@@ -454,7 +456,7 @@ cold() {
     CURL_PIDS=()
     t0=$(now_ns)
     for i in $(seq "$n"); do
-        curl -s -o /dev/null -w '%{http_code} %{size_download}\n' "$url" >"$WORK/res.$i" &
+        curl -s --max-time "$CURL_TIMEOUT" -o /dev/null -w '%{http_code} %{size_download}\n' "$url" >"$WORK/res.$i" &
         CURL_PIDS+=($!)
     done
     for i in "${CURL_PIDS[@]}"; do wait "$i" || true; done
@@ -476,7 +478,7 @@ cold_static() {
     CURL_PIDS=()
     t0=$(now_ns)
     for i in $(seq "$n"); do
-        curl -s -o /dev/null -w '%{http_code} %{size_download}\n' "$NGX_BLOB_URL" >"$WORK/res.$i" &
+        curl -s --max-time "$CURL_TIMEOUT" -o /dev/null -w '%{http_code} %{size_download}\n' "$NGX_BLOB_URL" >"$WORK/res.$i" &
         CURL_PIDS+=($!)
     done
     for i in "${CURL_PIDS[@]}"; do wait "$i" || true; done
@@ -498,7 +500,7 @@ warm() {
     CURL_PIDS=()
     t0=$(now_ns)
     for i in $(seq "$c"); do
-        curl -s -w '%{http_code} %{size_download}\n' "${args[@]}" >"$WORK/res.$i" &
+        curl -s --max-time "$CURL_TIMEOUT" -w '%{http_code} %{size_download}\n' "${args[@]}" >"$WORK/res.$i" &
         CURL_PIDS+=($!)
     done
     for i in "${CURL_PIDS[@]}"; do wait "$i" || true; done
@@ -555,7 +557,7 @@ done
 # From here on the servers keep the instance of the last cold run: the blob is cached.
 
 log "c. warm blob throughput (>= $WARM_MB MiB per measurement, x$REPEAT)"
-for s in oci peer nginx; do curl -s -o /dev/null "$(blob_url "$s")"; done # page cache
+for s in oci peer nginx; do curl -s --max-time "$CURL_TIMEOUT" -o /dev/null "$(blob_url "$s")" || true; done # page cache
 for r in $(seq "$REPEAT"); do
     for s in oci peer nginx; do
         warm "$s" 1
@@ -567,8 +569,8 @@ log "d. warm manifest requests/s ($CONNS connections, ${DURATION}s each, x$REPEA
 declare -A MAN_UP
 for s in oci peer nginx; do
     for ref in "$TAG" "$MANIFEST_DIGEST"; do
-        curl -s -o /dev/null -H "Accept: $OCI_MT" "$(manifest_url "$s" "$ref")" # cache it
-        code=$(curl -s -o /dev/null -w '%{http_code}' -I -H "Accept: $OCI_MT" "$(manifest_url "$s" "$ref")" || true)
+        curl -s --max-time "$CURL_TIMEOUT" -o /dev/null -H "Accept: $OCI_MT" "$(manifest_url "$s" "$ref")" || true # cache it
+        code=$(curl -s --max-time "$CURL_TIMEOUT" -o /dev/null -w '%{http_code}' -I -H "Accept: $OCI_MT" "$(manifest_url "$s" "$ref")" || true)
         [[ $code == 200 ]] || problem "HEAD $(manifest_url "$s" "$ref") answered $code"
     done
 done
@@ -599,7 +601,7 @@ ngx_kb=$(vm_kb "$NGX_PID" VmHWM)
 for p in $(pgrep -P "$NGX_PID" || true); do ngx_kb=$((ngx_kb + $(vm_kb "$p" VmHWM))); done
 RES[rss.nginx]=$(awk -v k="$ngx_kb" 'BEGIN{printf "%.1f", k/1024}')
 
-curl -s "http://127.0.0.1:$OCI_PORT/metrics" >"$WORK/ocicache-metrics.txt" || true
+curl -s --max-time "$CURL_TIMEOUT" "http://127.0.0.1:$OCI_PORT/metrics" >"$WORK/ocicache-metrics.txt" || true
 
 # ---------------------------------------------------------------------------------------------
 # Report

@@ -118,6 +118,18 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub first_byte_timeout: Option<Duration>,
 
+    /// Require Basic credentials from every client, checked against this htpasswd file (bcrypt, `htpasswd -B`)
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+
+    /// With --htpasswd, also require credentials for /metrics
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    pub metrics_auth: Option<bool>,
+
+    /// How long a client's confirmed access to private content is remembered [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub auth_cache_ttl: Option<Duration>,
+
     /// How long a failed origin endpoint is skipped (doubles while it keeps failing, up to 8x) [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub endpoint_backoff: Option<Duration>,
@@ -175,6 +187,10 @@ pub struct FileConfig {
     pub first_byte_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub endpoint_backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub auth_cache_ttl: Option<Duration>,
+    pub htpasswd: Option<PathBuf>,
+    pub metrics_auth: Option<bool>,
     /// Per-registry settings, keyed by registry name.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryFileConfig>,
@@ -200,6 +216,10 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub origin: OriginOptions,
+    /// How long a client's confirmed access to private content is remembered.
+    pub auth_cache_ttl: Duration,
+    pub htpasswd: Option<PathBuf>,
+    pub metrics_auth: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +374,12 @@ impl Config {
                 immutable_tags,
             },
             origin,
+            auth_cache_ttl: cli
+                .auth_cache_ttl
+                .or(file.auth_cache_ttl)
+                .unwrap_or(Duration::from_secs(60)),
+            htpasswd: cli.htpasswd.or(file.htpasswd),
+            metrics_auth: cli.metrics_auth.or(file.metrics_auth).unwrap_or(false),
             credentials,
             registries,
             default_registry,

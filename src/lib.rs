@@ -31,11 +31,24 @@ pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         config.origin.clone(),
         metrics.clone(),
     )?;
-    let cache = cache::Cache::new(store, origin, config.policy.clone(), metrics.clone());
+    let cache = cache::Cache::new(
+        store,
+        origin,
+        config.policy.clone(),
+        config.auth_cache_ttl,
+        metrics.clone(),
+    );
+    let htpasswd = config
+        .htpasswd
+        .as_deref()
+        .map(server::auth::Htpasswd::open)
+        .transpose()?;
     Ok(Arc::new(server::AppState {
         cache,
         metrics,
         default_registry: config.default_registry.clone(),
+        htpasswd,
+        metrics_auth: config.metrics_auth,
     }))
 }
 

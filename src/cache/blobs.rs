@@ -1,8 +1,8 @@
-//! Blobs: from the store when committed, else through the shared flight for the digest. A HEAD is
-//! answered from the store or a running flight when possible, and otherwise passed to the origin as a
-//! HEAD (never turned into a download).
+//! Blobs: from the store when committed, else through the shared flight for the digest. Private
+//! blobs (fetched with a client's credentials, or from a `--private-registry`) are served only after
+//! the origin confirmed the client's access. A HEAD is answered from the store or a running flight
+//! when possible, and otherwise passed to the origin as a HEAD (never turned into a download).
 
-use std::fs::File;
 use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
@@ -14,18 +14,18 @@ use super::Cache;
 use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::{Digest, Target};
-use crate::upstream::{OriginClient, OriginRequest};
+use crate::store::ContentKind;
+use crate::upstream::{Identity, OriginClient, OriginRequest};
 
 pub enum BlobAnswer {
     Stored {
-        file: File,
+        file: std::fs::File,
         size: u64,
     },
     /// Being downloaded; `size` when the origin announced it.
     Flight {
         flight: Arc<Flight>,
         size: Option<u64>,
-        result: CacheResult,
     },
     /// HEAD: the size if known.
     Head {
@@ -38,8 +38,23 @@ impl BlobAnswer {
     pub fn result(&self) -> CacheResult {
         match self {
             BlobAnswer::Stored { .. } => CacheResult::Hit,
-            BlobAnswer::Flight { result, .. } | BlobAnswer::Head { result, .. } => *result,
+            BlobAnswer::Flight { .. } => CacheResult::Miss,
+            BlobAnswer::Head { result, .. } => *result,
         }
+    }
+}
+
+/// One blob request as the cache sees it.
+struct BlobRequest<'a> {
+    target: &'a Target,
+    digest: &'a Digest,
+    client_auth: Option<&'a HeaderValue>,
+    private_registry: bool,
+}
+
+impl BlobRequest<'_> {
+    fn path(&self) -> String {
+        format!("blobs/{}", self.digest)
     }
 }
 
@@ -51,80 +66,65 @@ impl Cache {
         head: bool,
         client_auth: Option<HeaderValue>,
     ) -> Result<BlobAnswer, Error> {
-        let answer = self.blob_inner(target, digest, head, client_auth).await?;
+        let req = BlobRequest {
+            target,
+            digest,
+            client_auth: client_auth.as_ref(),
+            private_registry: self.policy.private_registries.contains(&target.registry),
+        };
+        let answer = if head {
+            self.head_blob(&req).await?
+        } else {
+            self.get_blob(&req).await?
+        };
         self.metrics
             .cache_result(target.registry.as_str(), "blob", answer.result());
         Ok(answer)
     }
 
-    async fn blob_inner(
-        &self,
-        target: &Target,
-        digest: &Digest,
-        head: bool,
-        client_auth: Option<HeaderValue>,
-    ) -> Result<BlobAnswer, Error> {
-        if head {
-            if let Some(size) = self.store.blob_size(digest) {
-                return Ok(BlobAnswer::Head {
-                    size: Some(size),
-                    result: CacheResult::Hit,
-                });
-            }
-            if let Some(size) = self.flights.get(digest).and_then(|f| f.known_size()) {
-                return Ok(BlobAnswer::Head {
-                    size: Some(size),
-                    result: CacheResult::Hit,
-                });
-            }
-            return self.head_blob_upstream(target, digest, client_auth).await;
+    /// Private content needs the client's access confirmed first; public content does not.
+    async fn confirm_if_private(&self, req: &BlobRequest<'_>, private: bool) -> Result<(), Error> {
+        if private || req.private_registry {
+            let content = Some((ContentKind::Blob, req.digest));
+            self.check_access(req.target, Resource::Blob, req.path(), req.client_auth, content)
+                .await?;
         }
-        let origin_label = target.registry.to_string();
-        let public = opener(self.origin.clone(), target.clone(), digest.clone(), None);
-        let flight = match self.flights.join_or_start(digest, &origin_label, public)? {
-            Joined::Stored { file, size } => return Ok(BlobAnswer::Stored { file, size }),
-            Joined::Flight(f) => f,
-        };
-        match flight.started().await {
-            Ok(size) => Ok(BlobAnswer::Flight {
-                flight,
-                size,
-                result: CacheResult::Miss,
-            }),
-            Err(e) if e.wants_client_credentials() && client_auth.is_some() => {
-                let with_client = opener(self.origin.clone(), target.clone(), digest.clone(), client_auth);
-                let private = self.flights.private(digest, &origin_label, with_client)?;
-                let size = private.started().await.map_err(Error::Shared)?;
-                Ok(BlobAnswer::Flight {
-                    flight: private,
-                    size,
-                    result: CacheResult::Skip,
-                })
-            }
-            Err(e) => Err(Error::Shared(e)),
-        }
+        Ok(())
     }
 
-    async fn head_blob_upstream(
-        &self,
-        target: &Target,
-        digest: &Digest,
-        client_auth: Option<HeaderValue>,
-    ) -> Result<BlobAnswer, Error> {
-        let mut req = OriginRequest {
-            target,
+    async fn head_blob(&self, req: &BlobRequest<'_>) -> Result<BlobAnswer, Error> {
+        if let Some(size) = self.store.blob_size(req.digest) {
+            self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest))
+                .await?;
+            return Ok(BlobAnswer::Head {
+                size: Some(size),
+                result: CacheResult::Hit,
+            });
+        }
+        if let Some(flight) = self.flights.get(req.digest) {
+            if let Some(size) = flight.known_size() {
+                self.confirm_if_private(req, flight.is_private()).await?;
+                return Ok(BlobAnswer::Head {
+                    size: Some(size),
+                    result: CacheResult::Hit,
+                });
+            }
+        }
+        self.confirm_if_private(req, false).await?;
+        let mut up = OriginRequest {
+            target: req.target,
             method: Method::HEAD,
             resource: Resource::Blob,
-            path: format!("blobs/{digest}"),
+            path: req.path(),
             accept: None,
             range: None,
-            client_auth: None,
+            identity: Identity::Cache,
         };
-        let resp = match self.origin.send(&req).await {
+        let resp = match self.origin.send(&up).await {
             Ok(r) => r,
-            Err(e) if e.wants_client_credentials() && client_auth.is_some() => {
-                req.client_auth = client_auth;
-                self.origin.send(&req).await?
+            Err(e) if e.wants_client_credentials() && req.client_auth.is_some() => {
+                up.identity = Identity::Client(req.client_auth.cloned());
+                self.origin.send(&up).await?
             }
             Err(e) => return Err(e),
         };
@@ -134,6 +134,48 @@ impl Cache {
             result: CacheResult::Skip,
         })
     }
+
+    async fn get_blob(&self, req: &BlobRequest<'_>) -> Result<BlobAnswer, Error> {
+        // Content of a private registry is fetched with the cache's credentials, so the client
+        // proves its own access before anything is served or fetched.
+        self.confirm_if_private(req, false).await?;
+        let label = req.target.registry.to_string();
+        let open = opener(
+            self.origin.clone(),
+            req.target.clone(),
+            req.digest.clone(),
+            Identity::Cache,
+        );
+        let flight = match self
+            .flights
+            .join_or_start(req.digest, &label, open, req.private_registry)?
+        {
+            Joined::Stored { file, size } => {
+                if !req.private_registry {
+                    self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest))
+                        .await?;
+                }
+                return Ok(BlobAnswer::Stored { file, size });
+            }
+            Joined::Flight(f) => f,
+        };
+        if flight.is_private() && !req.private_registry {
+            // Joined a download another client was allowed to start: prove access too.
+            self.confirm_if_private(req, true).await?;
+        }
+        match flight.started().await {
+            Ok(size) => Ok(BlobAnswer::Flight { flight, size }),
+            Err(e) if e.wants_client_credentials() && req.client_auth.is_some() => {
+                // The origin wants credentials: fetch with the client's, store it as private.
+                let identity = Identity::Client(req.client_auth.cloned());
+                let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), identity);
+                let private = self.flights.private(req.digest, &label, open)?;
+                let size = private.started().await.map_err(Error::Shared)?;
+                Ok(BlobAnswer::Flight { flight: private, size })
+            }
+            Err(e) => Err(Error::Shared(e)),
+        }
+    }
 }
 
 fn header_u64(v: Option<&HeaderValue>) -> Option<u64> {
@@ -142,10 +184,9 @@ fn header_u64(v: Option<&HeaderValue>) -> Option<u64> {
 
 /// Opens the origin's blob body at an offset; offsets after the first use a Range request, and the
 /// origin must answer 206 from exactly that byte.
-fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, client_auth: Option<HeaderValue>) -> Opener {
+fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, identity: Identity) -> Opener {
     Box::new(move |offset| {
-        let (origin, target, digest, client_auth) =
-            (origin.clone(), target.clone(), digest.clone(), client_auth.clone());
+        let (origin, target, digest, identity) = (origin.clone(), target.clone(), digest.clone(), identity.clone());
         async move {
             let req = OriginRequest {
                 target: &target,
@@ -154,7 +195,7 @@ fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, client_auth
                 path: format!("blobs/{digest}"),
                 accept: None,
                 range: (offset > 0).then(|| format!("bytes={offset}-")),
-                client_auth,
+                identity,
             };
             let resp = origin.send(&req).await?;
             let bad = |detail: String| Error::BadUpstreamBody {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestHasher};
-use crate::store::FsStore;
+use crate::store::{ContentKind, FsStore};
 
 /// How many times a dropped download is resumed with a Range request before the flight fails.
 const MAX_RESUMES: u32 = 5;
@@ -50,6 +50,8 @@ enum Progress {
 /// A download in progress, readable while it grows.
 pub struct Flight {
     digest: Digest,
+    /// Commits as private content: readers other than the one that started it prove access first.
+    private: bool,
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
 }
@@ -87,7 +89,14 @@ impl Flights {
     /// Returns the stored blob, joins the running flight, or starts one with `opener`. The store and the
     /// flight table are checked under one lock, and a flight leaves the table only after its commit, so
     /// no request can miss both and start a second download.
-    pub fn join_or_start(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Joined> {
+    /// `private`: the blob is stored marked private (content of a `--private-registry`).
+    pub fn join_or_start(
+        self: &Arc<Self>,
+        digest: &Digest,
+        origin: &str,
+        opener: Opener,
+        private: bool,
+    ) -> io::Result<Joined> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(digest) {
             return Ok(Joined::Flight(f.clone()));
@@ -95,14 +104,15 @@ impl Flights {
         if let Some((file, size)) = self.store.open_blob(digest)? {
             return Ok(Joined::Stored { file, size });
         }
-        let flight = self.launch(digest, origin, opener, true)?;
+        let flight = self.launch(digest, origin, opener, Commit::Shared { private })?;
         map.insert(digest.clone(), flight.clone());
         Ok(Joined::Flight(flight))
     }
 
-    /// A download for one client only, never stored: content fetched with a client's own credentials.
+    /// A download for one client, with its own credentials: not shared with other clients while it
+    /// runs, and stored marked private so later readers must prove access.
     pub fn private(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Arc<Flight>> {
-        self.launch(digest, origin, opener, false)
+        self.launch(digest, origin, opener, Commit::Unlisted)
     }
 
     fn launch(
@@ -110,13 +120,15 @@ impl Flights {
         digest: &Digest,
         origin: &str,
         opener: Opener,
-        commit: bool,
+        commit: Commit,
     ) -> io::Result<Arc<Flight>> {
         let temp = self.store.temp_file()?;
         let reader = temp.file.try_clone()?;
         let (tx, rx) = watch::channel(Progress::Connecting);
+        let private = !matches!(commit, Commit::Shared { private: false });
         let flight = Arc::new(Flight {
             digest: digest.clone(),
+            private,
             file: Arc::new(reader),
             progress: rx,
         });
@@ -126,32 +138,25 @@ impl Flights {
         tokio::spawn(async move {
             flights.metrics.inflight_downloads.inc();
             let result = download(&origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
-            let result = match result {
-                Ok(total) if commit => flights
-                    .store
-                    .commit_blob(&temp.path, &digest)
-                    .map(|_| total)
-                    .map_err(Error::from),
-                Ok(total) => {
-                    let _ = std::fs::remove_file(&temp.path);
-                    Ok(total)
+            let result = result.and_then(|total| {
+                if private {
+                    flights.store.mark_private(ContentKind::Blob, &digest)?;
                 }
-                Err(e) => Err(e),
-            };
-            if result.is_err() {
-                let _ = std::fs::remove_file(&temp.path);
-            }
+                flights.store.commit_blob(&temp.path, &digest)?;
+                Ok(total)
+            });
             match &result {
                 Ok(total) => {
-                    tracing::debug!(%digest, bytes = total, "blob download complete");
+                    tracing::debug!(%digest, bytes = total, private, "blob download complete");
                     tx.send_replace(Progress::Complete { total: *total });
                 }
                 Err(e) => {
+                    let _ = std::fs::remove_file(&temp.path);
                     tracing::warn!(%digest, error = %e, "blob download failed; nothing stored");
                     tx.send_replace(Progress::Failed(Arc::new(e.clone())));
                 }
             }
-            if commit {
+            if matches!(commit, Commit::Shared { .. }) {
                 let mut map = flights.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 map.remove(&digest);
             }
@@ -159,6 +164,15 @@ impl Flights {
         });
         Ok(flight)
     }
+}
+
+/// How a finished download is published.
+#[derive(Clone, Copy)]
+enum Commit {
+    /// Listed in the flight table (joinable by any request for the digest) and stored.
+    Shared { private: bool },
+    /// Not joinable; stored as private.
+    Unlisted,
 }
 
 async fn download(
@@ -243,6 +257,10 @@ fn bad_body(origin: &str, digest: &Digest, detail: &str) -> Error {
 impl Flight {
     pub fn digest(&self) -> &Digest {
         &self.digest
+    }
+
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 
     /// Waits until the origin has answered: the blob's length (if announced), or the origin's error.

@@ -1,6 +1,8 @@
 //! Manifests: served from the store when policy allows, else fetched once (coalesced) from the origin,
 //! verified against their digest and stored exactly as received with their media type. Tags are kept
-//! per media type so a client is only ever handed a manifest type it accepts.
+//! per media type so a client is only ever handed a manifest type it accepts. Tags are revalidated
+//! with a HEAD after their TTL, and served stale when the origin fails. Content fetched with a
+//! client's own credentials is stored private: served only to clients the origin confirms.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -13,8 +15,8 @@ use crate::metrics::CacheResult;
 use crate::oci::accept::is_index;
 use crate::oci::{AcceptList, Digest, Reference, Tag, Target};
 use crate::store::fs::{now_secs, valid_media_type};
-use crate::store::{StoredManifest, TagEntry};
-use crate::upstream::{OriginClient, OriginRequest};
+use crate::store::{ContentKind, StoredManifest, TagEntry};
+use crate::upstream::{Identity, OriginClient, OriginRequest};
 
 /// The distribution registry refuses manifests above 4 MiB; so do we, to bound memory.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -24,8 +26,26 @@ pub struct ManifestQuery {
     pub reference: Reference,
     pub accept: AcceptList,
     pub head: bool,
-    /// The pulling client's `Authorization`, used only if the origin refuses the cache's own identity.
+    /// The pulling client's `Authorization`, used only if the origin refuses the cache's own identity
+    /// (and to confirm the client's access to private content).
     pub client_auth: Option<HeaderValue>,
+}
+
+impl ManifestQuery {
+    /// The same request by digest (to fetch what a tag points at).
+    fn for_digest(&self, d: &Digest) -> ManifestQuery {
+        ManifestQuery {
+            target: self.target.clone(),
+            reference: Reference::Digest(d.clone()),
+            accept: self.accept.clone(),
+            head: false,
+            client_auth: self.client_auth.clone(),
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("manifests/{}", self.reference)
+    }
 }
 
 pub enum ManifestAnswer {
@@ -42,19 +62,6 @@ pub enum ManifestAnswer {
     },
 }
 
-impl ManifestQuery {
-    /// The same request by digest (to fetch what a tag points at).
-    fn for_digest(&self, d: &Digest) -> ManifestQuery {
-        ManifestQuery {
-            target: self.target.clone(),
-            reference: Reference::Digest(d.clone()),
-            accept: self.accept.clone(),
-            head: false,
-            client_auth: self.client_auth.clone(),
-        }
-    }
-}
-
 impl ManifestAnswer {
     pub fn result(&self) -> CacheResult {
         match self {
@@ -63,35 +70,66 @@ impl ManifestAnswer {
     }
 }
 
+/// What an origin HEAD said, and whether it was answered to the cache's own identity.
+struct HeadInfo {
+    digest: Option<Digest>,
+    media_type: String,
+    size: Option<u64>,
+    public: bool,
+}
+
+impl HeadInfo {
+    fn answer(self, result: CacheResult) -> ManifestAnswer {
+        ManifestAnswer::Head {
+            digest: self.digest,
+            media_type: self.media_type,
+            size: self.size,
+            result,
+        }
+    }
+}
+
 impl Cache {
     pub async fn manifest(&self, q: &ManifestQuery) -> Result<ManifestAnswer, Error> {
         let registry = q.target.registry.as_str();
+        if self.is_private_registry(q) {
+            // Fetched with the operator's credentials: the client proves its own access first.
+            self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None)
+                .await?;
+        }
         let answer = match &q.reference {
-            Reference::Digest(d) => self.manifest_by_digest(q, d).await?,
+            Reference::Digest(d) => self.by_digest(q, d).await?,
             Reference::Tag(tag) => self.by_tag(q, tag).await?,
         };
         self.metrics.cache_result(registry, "manifest", answer.result());
         Ok(answer)
     }
 
-    async fn manifest_by_digest(&self, q: &ManifestQuery, d: &Digest) -> Result<ManifestAnswer, Error> {
+    fn is_private_registry(&self, q: &ManifestQuery) -> bool {
+        self.policy.private_registries.contains(&q.target.registry)
+    }
+
+    async fn by_digest(&self, q: &ManifestQuery, d: &Digest) -> Result<ManifestAnswer, Error> {
         if let Some(m) = self.store.manifest(d)? {
+            if !self.is_private_registry(q) && self.store.is_private(ContentKind::Manifest, d) {
+                let content = Some((ContentKind::Manifest, d));
+                self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), content)
+                    .await?;
+            }
             return Ok(ManifestAnswer::Full {
                 manifest: m,
                 result: CacheResult::Hit,
             });
         }
         if q.head {
-            return self.head_upstream(q, CacheResult::Skip).await;
+            let (info, _) = (self.head_upstream(q, Identity::Cache).await?, ());
+            return Ok(info.answer(CacheResult::Skip));
         }
-        let store = self.policy.may_store_manifests(&q.target.registry);
-        let (manifest, public) = self.fetch(q, Some(d.clone()), store, false).await?;
-        let result = if public && store {
-            CacheResult::Miss
-        } else {
-            CacheResult::Skip
-        };
-        Ok(ManifestAnswer::Full { manifest, result })
+        let (manifest, _) = self.fetch(q, Some(d.clone()), false).await?;
+        Ok(ManifestAnswer::Full {
+            manifest,
+            result: CacheResult::Miss,
+        })
     }
 
     /// A manifest by tag: fresh cached answers are served as they are; stale ones are revalidated with
@@ -99,38 +137,33 @@ impl Cache {
     /// answer is served anyway (stale-if-error), even for tags that are otherwise never cached.
     async fn by_tag(&self, q: &ManifestQuery, tag: &Tag) -> Result<ManifestAnswer, Error> {
         let decision = self.policy.decide(&q.target.registry, tag);
-        let may_store = self.policy.may_store_manifests(&q.target.registry);
-        let known = if may_store { self.pick_entry(q, tag)? } else { None };
-        if let Some(entry) = &known {
+        if let Some(entry) = self.pick_entry(q, tag)? {
+            let identity = if entry.private {
+                self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None)
+                    .await?;
+                Identity::Client(q.client_auth.clone())
+            } else {
+                Identity::Cache
+            };
             if decision == TagDecision::Cache && self.policy.is_fresh(tag, entry.fetched_at, now_secs()) {
-                return self.serve_entry(q, entry, CacheResult::Hit).await;
+                return self.serve_entry(q, &entry, CacheResult::Hit).await;
             }
-            return self.revalidate(q, entry, decision).await;
+            return self.revalidate(q, &entry, decision, identity).await;
         }
         let result = match decision {
             TagDecision::Cache => CacheResult::Miss,
             TagDecision::Skip => CacheResult::Skip,
         };
         if q.head {
-            let answer = self.head_upstream(q, result).await?;
-            if let ManifestAnswer::Head {
-                digest: Some(d),
-                media_type,
-                size: Some(size),
-                result: r,
-            } = &answer
-            {
-                if *r == result && may_store {
-                    self.remember_tag(q, d, media_type, *size);
-                }
+            let info = self.head_upstream(q, Identity::Cache).await?;
+            if let (Some(d), Some(size)) = (&info.digest, info.size) {
+                let private = !info.public || self.is_private_registry(q);
+                self.remember_tag(q, d, &info.media_type, size, private);
             }
-            return Ok(answer);
+            return Ok(info.answer(result));
         }
-        let (manifest, public) = self.fetch(q, None, may_store, may_store).await?;
-        Ok(ManifestAnswer::Full {
-            manifest,
-            result: if public { result } else { CacheResult::Skip },
-        })
+        let (manifest, _) = self.fetch(q, None, true).await?;
+        Ok(ManifestAnswer::Full { manifest, result })
     }
 
     /// The tag entry for the media types this client accepts; an index is preferred, as registries do.
@@ -147,29 +180,31 @@ impl Cache {
         q: &ManifestQuery,
         entry: &TagEntry,
         decision: TagDecision,
+        identity: Identity,
     ) -> Result<ManifestAnswer, Error> {
         let (unchanged_result, changed_result) = match decision {
             TagDecision::Cache => (CacheResult::Hit, CacheResult::Miss),
             TagDecision::Skip => (CacheResult::Skip, CacheResult::Skip),
         };
         let registry = q.target.registry.as_str();
-        match self.head_upstream(q, unchanged_result).await {
-            Ok(ManifestAnswer::Head {
+        match self.head_upstream(q, identity).await {
+            Ok(HeadInfo {
                 digest: Some(d),
                 media_type,
                 size,
-                ..
+                public,
             }) => {
+                let private = !public || self.is_private_registry(q);
                 let unchanged = d.to_string() == entry.digest;
                 self.metrics.revalidation(registry, !unchanged);
                 if unchanged {
-                    self.remember_tag(q, &d, &entry.media_type, entry.size);
+                    self.remember_tag(q, &d, &entry.media_type, entry.size, private);
                     return self.serve_entry(q, entry, unchanged_result).await;
                 }
                 tracing::info!(target = %q.target, reference = %q.reference, from = %entry.digest, to = %d, "tag moved upstream");
                 if q.head {
                     if let Some(size) = size {
-                        self.remember_tag(q, &d, &media_type, size);
+                        self.remember_tag(q, &d, &media_type, size, private);
                     }
                     return Ok(ManifestAnswer::Head {
                         digest: Some(d),
@@ -178,23 +213,21 @@ impl Cache {
                         result: changed_result,
                     });
                 }
-                let by_digest = q.for_digest(&d);
-                let (manifest, public) = self.fetch(&by_digest, Some(d.clone()), true, false).await?;
-                if public {
-                    self.remember_tag(q, &d, &manifest.media_type, manifest.bytes.len() as u64);
-                }
+                let (manifest, fetched_public) = self.fetch(&q.for_digest(&d), Some(d.clone()), false).await?;
+                let private = !fetched_public || self.is_private_registry(q);
+                self.remember_tag(q, &d, &manifest.media_type, manifest.bytes.len() as u64, private);
                 Ok(ManifestAnswer::Full {
                     manifest,
                     result: changed_result,
                 })
             }
             // The origin's HEAD gave no digest: ask with a GET instead.
-            Ok(answer) if q.head => Ok(answer),
+            Ok(info) if q.head => Ok(info.answer(changed_result)),
             Ok(_) => {
-                let (manifest, public) = self.fetch(q, None, true, true).await?;
+                let (manifest, _) = self.fetch(q, None, true).await?;
                 Ok(ManifestAnswer::Full {
                     manifest,
-                    result: if public { changed_result } else { CacheResult::Skip },
+                    result: changed_result,
                 })
             }
             Err(e) if e.is_origin_failure() => {
@@ -230,17 +263,18 @@ impl Cache {
                 result,
             });
         }
-        let (manifest, _) = self.fetch(&q.for_digest(&d), Some(d), true, false).await?;
+        let (manifest, _) = self.fetch(&q.for_digest(&d), Some(d), false).await?;
         Ok(ManifestAnswer::Full { manifest, result })
     }
 
-    fn remember_tag(&self, q: &ManifestQuery, d: &Digest, media_type: &str, size: u64) {
+    fn remember_tag(&self, q: &ManifestQuery, d: &Digest, media_type: &str, size: u64, private: bool) {
         if let Reference::Tag(tag) = &q.reference {
             let entry = TagEntry {
                 digest: d.to_string(),
                 media_type: media_type.to_owned(),
                 size,
                 fetched_at: now_secs(),
+                private,
             };
             if let Err(e) = self
                 .store
@@ -251,14 +285,13 @@ impl Cache {
         }
     }
 
-    /// Fetches the manifest with the cache's own identity (coalesced with identical requests, and
-    /// stored when `store`), falling back to the client's credentials when the origin refuses; such a
-    /// private answer is never stored. Returns whether the manifest is public.
+    /// Fetches the manifest with the cache's own identity (coalesced with identical requests) and
+    /// stores it, falling back to the client's credentials when the origin refuses; such an answer is
+    /// stored marked private. Returns the manifest and whether it is public.
     async fn fetch(
         &self,
         q: &ManifestQuery,
         expected: Option<Digest>,
-        store: bool,
         remember_tag: bool,
     ) -> Result<(StoredManifest, bool), Error> {
         let key = (q.target.to_string(), q.reference.to_string(), q.accept.key());
@@ -266,34 +299,21 @@ impl Cache {
         let target = q.target.clone();
         let reference = q.reference.clone();
         let accept = q.accept.header_value();
-        let cache_store = self.store.clone();
+        let store = self.store.clone();
         let exp = expected.clone();
+        let private_registry = self.is_private_registry(q);
         let public = self
             .manifests
             .run(key, async move {
-                let m = fetch_once(&origin, &target, &reference, &accept, exp.as_ref(), None).await?;
-                if store {
-                    if let Err(e) = cache_store.put_manifest(&m.digest, &m.media_type, &m.bytes) {
-                        tracing::warn!(%target, digest = %m.digest, error = %e, "could not store manifest");
-                    }
-                    if let (true, Reference::Tag(tag)) = (remember_tag, &reference) {
-                        let entry = TagEntry {
-                            digest: m.digest.to_string(),
-                            media_type: m.media_type.clone(),
-                            size: m.bytes.len() as u64,
-                            fetched_at: now_secs(),
-                        };
-                        if let Err(e) = cache_store.put_tag(&target.registry, &target.repository, tag, &entry) {
-                            tracing::warn!(%target, %tag, error = %e, "could not store tag");
-                        }
-                    }
-                }
+                let m = fetch_once(&origin, &target, &reference, &accept, exp.as_ref(), Identity::Cache).await?;
+                keep(&store, &target, &reference, &m, private_registry, remember_tag);
                 Ok(m)
             })
             .await;
         match public {
-            Ok(m) => Ok((m, true)),
+            Ok(m) => Ok((m, !private_registry)),
             Err(e) if e.wants_client_credentials() && q.client_auth.is_some() => {
+                let identity = Identity::Client(q.client_auth.clone());
                 let accept = q.accept.header_value();
                 let m = fetch_once(
                     &self.origin,
@@ -301,35 +321,43 @@ impl Cache {
                     &q.reference,
                     &accept,
                     expected.as_ref(),
-                    q.client_auth.clone(),
+                    identity,
                 )
                 .await?;
+                keep(&self.store, &q.target, &q.reference, &m, true, remember_tag);
+                // The client just proved access to this manifest.
+                let key = super::access::AccessKey::new(q.client_auth.as_ref(), &q.target, &q.path());
+                self.access.grant(key);
                 Ok((m, false))
             }
             Err(e) => Err(Error::Shared(e)),
         }
     }
 
-    async fn head_upstream(&self, q: &ManifestQuery, public_result: CacheResult) -> Result<ManifestAnswer, Error> {
+    /// HEAD at the origin with `identity`, falling back to the client's credentials when the cache's
+    /// own identity is refused.
+    async fn head_upstream(&self, q: &ManifestQuery, identity: Identity) -> Result<HeadInfo, Error> {
+        let mut public = matches!(identity, Identity::Cache);
         let mut req = OriginRequest {
             target: &q.target,
             method: Method::HEAD,
             resource: Resource::Manifest,
-            path: format!("manifests/{}", q.reference),
+            path: q.path(),
             accept: Some(q.accept.header_value()),
             range: None,
-            client_auth: None,
+            identity,
         };
-        let (resp, result) = match self.origin.send(&req).await {
-            Ok(r) => (r, public_result),
-            Err(e) if e.wants_client_credentials() && q.client_auth.is_some() => {
-                req.client_auth = q.client_auth.clone();
-                (self.origin.send(&req).await?, CacheResult::Skip)
+        let resp = match self.origin.send(&req).await {
+            Ok(r) => r,
+            Err(e) if public && e.wants_client_credentials() && q.client_auth.is_some() => {
+                req.identity = Identity::Client(q.client_auth.clone());
+                public = false;
+                self.origin.send(&req).await?
             }
             Err(e) => return Err(e),
         };
         let h = resp.headers();
-        let digest = h
+        let digest: Option<Digest> = h
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
@@ -348,23 +376,55 @@ impl Cache {
                 });
             }
         }
-        Ok(ManifestAnswer::Head {
+        Ok(HeadInfo {
             digest,
             media_type,
             size,
-            result,
+            public,
         })
     }
 }
 
-/// One GET of a manifest, read whole (bounded) and verified.
+/// Stores a fetched manifest (marked private or public first, so it is never visible with the wrong
+/// mark) and, for a tag, the tag entry.
+fn keep(
+    store: &crate::store::FsStore,
+    target: &Target,
+    reference: &Reference,
+    m: &StoredManifest,
+    private: bool,
+    remember_tag: bool,
+) {
+    let marked = if private {
+        store.mark_private(ContentKind::Manifest, &m.digest)
+    } else {
+        store.mark_public(ContentKind::Manifest, &m.digest)
+    };
+    if let Err(e) = marked.and_then(|_| store.put_manifest(&m.digest, &m.media_type, &m.bytes)) {
+        tracing::warn!(%target, digest = %m.digest, error = %e, "could not store manifest");
+        return;
+    }
+    if let (true, Reference::Tag(tag)) = (remember_tag, reference) {
+        let entry = TagEntry {
+            digest: m.digest.to_string(),
+            media_type: m.media_type.clone(),
+            size: m.bytes.len() as u64,
+            fetched_at: now_secs(),
+            private,
+        };
+        if let Err(e) = store.put_tag(&target.registry, &target.repository, tag, &entry) {
+            tracing::warn!(%target, %tag, error = %e, "could not store tag");
+        }
+    }
+}
+
 async fn fetch_once(
     origin: &OriginClient,
     target: &Target,
     reference: &Reference,
     accept: &str,
     expected: Option<&Digest>,
-    client_auth: Option<HeaderValue>,
+    identity: Identity,
 ) -> Result<StoredManifest, Error> {
     let req = OriginRequest {
         target,
@@ -373,7 +433,7 @@ async fn fetch_once(
         path: format!("manifests/{reference}"),
         accept: Some(accept.to_owned()),
         range: None,
-        client_auth,
+        identity,
     };
     let resp = origin.send(&req).await?;
     let too_large = || Error::ManifestTooLarge {

@@ -20,7 +20,7 @@ use crate::cache::{BlobAnswer, ManifestAnswer, ManifestQuery};
 use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::{route, AcceptList, Digest, ErrorCode, OciError, Reference, Route, RouteKind, Target};
-use crate::upstream::OriginRequest;
+use crate::upstream::{Identity, OriginRequest};
 
 pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let started = Instant::now();
@@ -111,7 +111,12 @@ async fn api(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Answer, Error> {
-    let client_auth = headers.get(AUTHORIZATION).cloned();
+    // With --htpasswd the client's credentials are the cache's, not an origin's.
+    let client_auth = if state.htpasswd.is_some() {
+        None
+    } else {
+        headers.get(AUTHORIZATION).cloned()
+    };
     match kind {
         RouteKind::Manifest(reference) => {
             let q = ManifestQuery {
@@ -281,12 +286,12 @@ async fn tags(
         path,
         accept: None,
         range: None,
-        client_auth: None,
+        identity: Identity::Cache,
     };
     let resp = match state.cache.origin().send(&req).await {
         Ok(r) => r,
         Err(e) if e.wants_client_credentials() && client_auth.is_some() => {
-            req.client_auth = client_auth;
+            req.identity = Identity::Client(client_auth);
             state.cache.origin().send(&req).await?
         }
         Err(e) => return Err(e),

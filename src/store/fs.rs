@@ -7,6 +7,7 @@
 //! blobs/<alg>/<hex[0..2]>/<hex>
 //! manifests/<alg>/<hex[0..2]>/<hex>            media type, newline, raw bytes
 //! tags/<registry>/<repository>/_tags/<tag>/<hex(media type)>.json
+//! private/<blobs|manifests>/<alg>/<hex>        marker: content only served after an access check
 //! tmp/                                          fills in progress; stale ones are removed at start
 //! ```
 //! `_tags` cannot collide with a repository component (those start with `[a-z0-9]`).
@@ -24,6 +25,22 @@ use crate::oci::{Digest, RegistryName, Repository, Tag};
 /// Temp files untouched for this long belong to no live fill (fills write continuously).
 const STALE_TMP: Duration = Duration::from_secs(15 * 60);
 
+/// The two kinds of content-addressed files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKind {
+    Blob,
+    Manifest,
+}
+
+impl ContentKind {
+    fn dir(self) -> &'static str {
+        match self {
+            ContentKind::Blob => "blobs",
+            ContentKind::Manifest => "manifests",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
@@ -37,7 +54,7 @@ pub struct TempFile {
 
 impl FsStore {
     pub fn open(root: &Path) -> io::Result<Self> {
-        for dir in ["blobs", "manifests", "tags", "tmp"] {
+        for dir in ["blobs", "manifests", "tags", "private", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
         let store = FsStore {
@@ -150,6 +167,33 @@ impl FsStore {
         content.push(b'\n');
         content.extend_from_slice(bytes);
         self.write_atomic(&self.content_path("manifests", d), &content)
+    }
+
+    fn private_marker(&self, kind: ContentKind, d: &Digest) -> PathBuf {
+        self.root
+            .join("private")
+            .join(kind.dir())
+            .join(d.algorithm().as_str())
+            .join(d.hex())
+    }
+
+    /// Whether content was fetched with a client's own credentials (or from a private registry) and
+    /// so may only be served after that client proved access.
+    pub fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
+        self.private_marker(kind, d).exists()
+    }
+
+    /// Marks content private. Called before the content is committed, so it is never visible unmarked.
+    pub fn mark_private(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
+        self.write_atomic(&self.private_marker(kind, d), b"")
+    }
+
+    /// The origin served this content anonymously: it is public after all.
+    pub fn mark_public(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.private_marker(kind, d)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn tag_dir(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> PathBuf {

@@ -5,7 +5,7 @@
 
 pub mod fs;
 
-pub use fs::FsStore;
+pub use fs::{ContentKind, FsStore};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,10 @@ pub struct TagEntry {
     pub size: u64,
     /// Seconds since the Unix epoch when the origin last confirmed this.
     pub fetched_at: u64,
+    /// Fetched with a client's own credentials or from a private registry: every client must be
+    /// confirmed by the origin before it is served.
+    #[serde(default)]
+    pub private: bool,
 }
 
 #[cfg(test)]

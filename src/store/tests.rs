@@ -45,12 +45,14 @@ fn tags_have_one_entry_per_media_type() {
         media_type: "application/x.a+json".into(),
         size: 1,
         fetched_at: 1,
+        private: false,
     };
     let e2 = TagEntry {
         digest: "sha256:bb".into(),
         media_type: "application/x.b+json".into(),
         size: 2,
         fetched_at: 2,
+        private: true,
     };
     store.put_tag(&r, &repo, &tag, &e1).unwrap();
     store.put_tag(&r, &repo, &tag, &e2).unwrap();

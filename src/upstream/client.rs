@@ -18,8 +18,18 @@ use crate::error::{Error, Resource, UpstreamStatus};
 use crate::metrics::Metrics;
 use crate::oci::Target;
 
-/// One request for an origin. `client_auth` is set only for a private fetch, made with the
-/// credentials the pulling client sent (so such a response must never be cached for others).
+/// Whose identity a request to an origin carries.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// The cache's own: operator credentials for the registry when configured, else anonymous.
+    Cache,
+    /// Exactly what the pulling client proved: its `Authorization` forwarded as is, or (None) an
+    /// anonymous request — never the operator's credentials. Used to fetch private content and to
+    /// check that a client may read cached private content.
+    Client(Option<HeaderValue>),
+}
+
+/// One request for an origin.
 pub struct OriginRequest<'a> {
     pub target: &'a Target,
     pub method: Method,
@@ -28,7 +38,7 @@ pub struct OriginRequest<'a> {
     pub path: String,
     pub accept: Option<String>,
     pub range: Option<String>,
-    pub client_auth: Option<HeaderValue>,
+    pub identity: Identity,
 }
 
 /// How ocicache treats origins that are slow or failing.
@@ -164,12 +174,14 @@ impl OriginClient {
         );
         let url = Url::parse(&url).map_err(|e| self.unreachable(req, format!("bad URL {url}: {e}")))?;
 
-        if let Some(client_auth) = &req.client_auth {
-            let resp = self.send_once(req, &url, Some(client_auth.clone())).await?;
-            return self.classify(req, resp);
-        }
-
-        let credential = self.creds.lookup(&req.target.registry, &req.target.repository);
+        let credential = match &req.identity {
+            Identity::Client(Some(client_auth)) => {
+                let resp = self.send_once(req, &url, Some(client_auth.clone())).await?;
+                return self.classify(req, resp);
+            }
+            Identity::Client(None) => None,
+            Identity::Cache => self.creds.lookup(&req.target.registry, &req.target.repository),
+        };
         let key = TokenKey {
             registry: req.target.registry.to_string(),
             endpoint: endpoint.to_string(),

@@ -7,7 +7,7 @@ pub mod creds;
 pub mod health;
 pub mod registries;
 
-pub use client::{OriginClient, OriginOptions, OriginRequest};
+pub use client::{Identity, OriginClient, OriginOptions, OriginRequest};
 pub use creds::{Credential, Credentials};
 pub use registries::Registries;
 
