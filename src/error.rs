@@ -50,6 +50,10 @@ pub enum Error {
     #[error("cannot reach {registry}: {reason}")]
     Unreachable { registry: RegistryName, reason: String },
 
+    /// The origin pointed the cache at a place it may not go (an internal redirect or token realm).
+    #[error("{registry}: {reason}")]
+    EgressRefused { registry: RegistryName, reason: String },
+
     #[error("{origin} sent content for {what} that does not match its digest {expected} (got {actual})")]
     DigestMismatch {
         origin: String,
@@ -146,7 +150,9 @@ impl Error {
                 }
                 (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
             }
-            Error::Unreachable { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+            Error::Unreachable { .. } | Error::EgressRefused { .. } => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+            }
             Error::DigestMismatch { .. } | Error::BadUpstreamBody { .. } => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
             }

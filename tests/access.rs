@@ -185,3 +185,66 @@ fn private_content_is_served_only_to_clients_the_origin_confirms() {
         "the shared layer was stored once and not refetched"
     );
 }
+
+/// A listener that records whether anything connected to it.
+fn trap() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    (port, hits)
+}
+
+#[test]
+fn origins_cannot_steer_the_cache_to_internal_addresses() {
+    let (port, hits) = trap();
+    let origin = FakeOrigin::start();
+    // Faults: a redirect of a blob to an internal address, and a token realm on one.
+    let to_loopback = origin.add_blob(
+        random_bytes(100, 1),
+        Fault::Redirect(format!("http://127.0.0.1:{port}/x")),
+    );
+    let to_metadata = origin.add_blob(
+        random_bytes(100, 2),
+        Fault::Redirect("http://169.254.169.254/latest/meta-data".into()),
+    );
+    let realm = format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\"");
+    origin.add_manifest(
+        "1",
+        b"{}",
+        ACCEPT_OCI,
+        Fault::Status(401, vec![("WWW-Authenticate".into(), realm)]),
+    );
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+
+    for d in [&to_loopback, &to_metadata] {
+        let r = http_request(&cache.addr(), "GET", &format!("/v2/fake.test/app/blobs/{d}"), &[]);
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("redirect refused"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = http_request(&cache.addr(), "GET", "/v2/fake.test/app/manifests/1", &[]);
+    assert_eq!(r.status, 502);
+    assert!(String::from_utf8_lossy(&r.body).contains("token realm refused"));
+    // Path routing and ns to internal hosts are refused before any dial.
+    for p in [
+        format!("/v2/127.0.0.1:{port}/x/manifests/1"),
+        format!("/v2/x/manifests/1?ns=localhost:{port}"),
+    ] {
+        assert_eq!(http_request(&cache.addr(), "GET", &p, &[]).status, 403, "{p}");
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the cache connected to an internal address"
+    );
+}

@@ -12,6 +12,7 @@ use url::Url;
 
 use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
 use super::creds::{Credential, Credentials};
+use super::egress::EgressPolicy;
 use super::health::OriginHealth;
 use super::registries::Registries;
 use crate::error::{Error, Resource, UpstreamStatus};
@@ -66,6 +67,7 @@ impl Default for OriginOptions {
 
 pub struct OriginClient {
     http: reqwest::Client,
+    egress: EgressPolicy,
     options: OriginOptions,
     health: OriginHealth,
     metrics: Arc<Metrics>,
@@ -86,15 +88,18 @@ impl OriginClient {
         options: OriginOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
+        let egress = registries.egress_policy();
         let http = reqwest::Client::builder()
             .user_agent(concat!("ocicache/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.connect_timeout)
             .read_timeout(READ_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(egress.redirect_policy())
+            .dns_resolver(egress.resolver())
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))?;
         Ok(OriginClient {
             http,
+            egress,
             health: OriginHealth::new(options.endpoint_backoff),
             options,
             metrics,
@@ -216,6 +221,13 @@ impl OriginClient {
         match challenge {
             Some(Challenge::Bearer { realm, service, scope }) => {
                 let realm_url = Url::parse(&realm).ok();
+                if let Some(why) = realm_url.as_ref().and_then(|u| self.egress.allows_url(u).err()) {
+                    tracing::warn!(registry = %req.target.registry, %realm, %why, "token realm refused");
+                    return Err(Error::EgressRefused {
+                        registry: req.target.registry.clone(),
+                        reason: format!("token realm refused: {why}"),
+                    });
+                }
                 let trusted = realm_url.as_ref().is_some_and(|r| realm_trusted(r, endpoint));
                 let use_cred = credential.filter(|_| trusted);
                 if credential.is_some() && !trusted {
@@ -285,7 +297,16 @@ impl OriginClient {
         }
         let started = tokio::time::Instant::now();
         let resp = match tokio::time::timeout(self.options.first_byte_timeout, builder.send()).await {
-            Ok(r) => r.map_err(|e| self.unreachable(req, describe(&e)))?,
+            Ok(r) => r.map_err(|e| {
+                if e.is_redirect() {
+                    Error::EgressRefused {
+                        registry: req.target.registry.clone(),
+                        reason: describe(&e),
+                    }
+                } else {
+                    self.unreachable(req, describe(&e))
+                }
+            })?,
             Err(_) => {
                 let secs = self.options.first_byte_timeout.as_secs_f64();
                 return Err(self.unreachable(req, format!("no response within {secs}s")));

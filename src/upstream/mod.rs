@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client;
 pub mod creds;
+pub mod egress;
 pub mod health;
 pub mod registries;
 

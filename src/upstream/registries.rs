@@ -27,6 +27,8 @@ pub struct Registries {
     endpoints: BTreeMap<RegistryName, Vec<Url>>,
     exact: Vec<RegistryName>,
     suffixes: Vec<String>,
+    /// Exact names the operator allowed (not the built-in ones): may resolve to internal addresses.
+    operator_named: Vec<RegistryName>,
 }
 
 impl Registries {
@@ -82,6 +84,14 @@ impl Registries {
             name.as_str()
         };
         Url::parse(&format!("https://{host}")).ok().map(|u| vec![u])
+    }
+
+    /// Internal addresses the operator named explicitly: configured endpoints and exact allow-list names.
+    pub fn egress_policy(&self) -> super::egress::EgressPolicy {
+        super::egress::EgressPolicy::new(
+            self.endpoints.values().flatten(),
+            self.operator_named.iter().map(|n| n.to_string()),
+        )
     }
 
     pub fn configured(&self) -> impl Iterator<Item = (&RegistryName, &Vec<Url>)> {

@@ -23,6 +23,8 @@ pub enum Fault {
     DropOnceAt(usize),
     /// Answer with this status and headers, no body.
     Status(u16, Vec<(String, String)>),
+    /// Answer 307 to this URL.
+    Redirect(String),
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +206,13 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
         };
         (b.data.clone(), fault)
     };
+    if let Fault::Redirect(to) = &fault {
+        return Response::builder()
+            .status(307)
+            .header("location", to)
+            .body(Body::empty())
+            .unwrap();
+    }
     if let Fault::Status(code, hdrs) = &fault {
         let mut r = status(*code);
         for (k, v) in hdrs {
