@@ -126,6 +126,18 @@ pub struct Cli {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub metrics_auth: Option<bool>,
 
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most blob downloads from origins at once; more wait their turn [default: 32]
+    #[arg(long, value_name = "N")]
+    pub max_upstream_concurrency: Option<usize>,
+
     /// How long a client's confirmed access to private content is remembered [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub auth_cache_ttl: Option<Duration>,
@@ -146,8 +158,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
-        .transpose()
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
 /// Go's flag package accepts these spellings; containerd-registry-cache's README uses `=no`.
@@ -191,6 +202,9 @@ pub struct FileConfig {
     pub auth_cache_ttl: Option<Duration>,
     pub htpasswd: Option<PathBuf>,
     pub metrics_auth: Option<bool>,
+    pub max_upstream_concurrency: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Per-registry settings, keyed by registry name.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryFileConfig>,
@@ -220,6 +234,9 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub htpasswd: Option<PathBuf>,
     pub metrics_auth: bool,
+    pub max_upstream_concurrency: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,14 +265,10 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?
             }
             None => FileConfig::default(),
         };
@@ -271,14 +284,8 @@ impl Config {
         }
         let port = cli.port.or(file.port).unwrap_or(DEFAULT_PORT);
         let ip = cli.listen.or(file.listen).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let cache_dir = cli
-            .cache_dir
-            .or(file.cache_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
-        let skip = cli
-            .skip_tags
-            .or(file.skip_tags)
-            .unwrap_or_else(|| DEFAULT_SKIP_TAGS.to_owned());
+        let cache_dir = cli.cache_dir.or(file.cache_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+        let skip = cli.skip_tags.or(file.skip_tags).unwrap_or_else(|| DEFAULT_SKIP_TAGS.to_owned());
         let skip_tags = if skip.is_empty() {
             None
         } else {
@@ -307,15 +314,10 @@ impl Config {
             endpoints.insert(parse_name(name, &key)?, parse_urls(&urls, &key)?);
         }
 
-        let private: Vec<String> = if cli.private_registry.is_empty() {
-            file.private_registries
-        } else {
-            cli.private_registry
-        };
-        let private_registries = private
-            .iter()
-            .map(|r| parse_name(r, "--private-registry"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let private: Vec<String> =
+            if cli.private_registry.is_empty() { file.private_registries } else { cli.private_registry };
+        let private_registries =
+            private.iter().map(|r| parse_name(r, "--private-registry")).collect::<Result<Vec<_>, _>>()?;
 
         // Registries the operator named anywhere are registries the operator meant to reach.
         let mut allowed: Vec<String> = file.allow_registries;
@@ -324,10 +326,7 @@ impl Config {
         allowed.extend(credentials.registries().map(ToString::to_string));
         let registries = Registries::new(endpoints, &allowed).map_err(invalid)?;
 
-        let default_name = cli
-            .default_registry
-            .or(file.default_registry)
-            .unwrap_or_else(|| "docker.io".to_owned());
+        let default_name = cli.default_registry.or(file.default_registry).unwrap_or_else(|| "docker.io".to_owned());
         let default_registry = parse_name(&default_name, "--default-registry")?;
         if !registries.is_allowed(&default_registry) {
             return Err(invalid(format!(
@@ -345,19 +344,21 @@ impl Config {
         let defaults = OriginOptions::default();
         let origin = OriginOptions {
             offline: cli.offline.or(file.offline).unwrap_or(false),
-            connect_timeout: cli
-                .connect_timeout
-                .or(file.connect_timeout)
-                .unwrap_or(defaults.connect_timeout),
+            connect_timeout: cli.connect_timeout.or(file.connect_timeout).unwrap_or(defaults.connect_timeout),
             first_byte_timeout: cli
                 .first_byte_timeout
                 .or(file.first_byte_timeout)
                 .unwrap_or(defaults.first_byte_timeout),
-            endpoint_backoff: cli
-                .endpoint_backoff
-                .or(file.endpoint_backoff)
-                .unwrap_or(defaults.endpoint_backoff),
+            endpoint_backoff: cli.endpoint_backoff.or(file.endpoint_backoff).unwrap_or(defaults.endpoint_backoff),
         };
+
+        let (tls_cert, tls_key) = (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key));
+        if tls_cert.is_some() != tls_key.is_some() {
+            return Err(invalid("--tls-cert and --tls-key go together"));
+        }
+        if let (Some(c), Some(k)) = (&tls_cert, &tls_key) {
+            crate::server::tls::server_config(c, k).map_err(invalid)?;
+        }
 
         let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -374,12 +375,12 @@ impl Config {
                 immutable_tags,
             },
             origin,
-            auth_cache_ttl: cli
-                .auth_cache_ttl
-                .or(file.auth_cache_ttl)
-                .unwrap_or(Duration::from_secs(60)),
+            auth_cache_ttl: cli.auth_cache_ttl.or(file.auth_cache_ttl).unwrap_or(Duration::from_secs(60)),
             htpasswd: cli.htpasswd.or(file.htpasswd),
             metrics_auth: cli.metrics_auth.or(file.metrics_auth).unwrap_or(false),
+            max_upstream_concurrency: cli.max_upstream_concurrency.or(file.max_upstream_concurrency).unwrap_or(32),
+            tls_cert,
+            tls_key,
             credentials,
             registries,
             default_registry,

@@ -49,10 +49,7 @@ fn bucket_is_refused_clearly() {
 #[test]
 fn upstream_flag_sets_endpoints_and_allows_the_name() {
     let c = cfg(&["--upstream", "myreg.test=http://127.0.0.1:5000,http://127.0.0.1:5001"]).unwrap();
-    let eps = c
-        .registries
-        .endpoints(&RegistryName::parse("myreg.test").unwrap())
-        .unwrap();
+    let eps = c.registries.endpoints(&RegistryName::parse("myreg.test").unwrap()).unwrap();
     assert_eq!(eps.len(), 2);
     assert!(cfg(&["--upstream", "nourl"]).is_err());
     assert!(cfg(&["--upstream", "a.test=ftp://x"]).is_err());

@@ -41,11 +41,7 @@ pub enum Error {
     Upstream(Box<UpstreamStatus>),
 
     #[error("the credentials configured for {registry} were rejected by the registry ({detail})")]
-    CredentialsRejected {
-        registry: RegistryName,
-        detail: String,
-        challenge: Option<HeaderValue>,
-    },
+    CredentialsRejected { registry: RegistryName, detail: String, challenge: Option<HeaderValue> },
 
     #[error("cannot reach {registry}: {reason}")]
     Unreachable { registry: RegistryName, reason: String },
@@ -55,26 +51,13 @@ pub enum Error {
     EgressRefused { registry: RegistryName, reason: String },
 
     #[error("{origin} sent content for {what} that does not match its digest {expected} (got {actual})")]
-    DigestMismatch {
-        origin: String,
-        what: String,
-        expected: String,
-        actual: String,
-    },
+    DigestMismatch { origin: String, what: String, expected: String, actual: String },
 
     #[error("{origin} sent a body for {what} that is not what it announced: {detail}")]
-    BadUpstreamBody {
-        origin: String,
-        what: String,
-        detail: String,
-    },
+    BadUpstreamBody { origin: String, what: String, detail: String },
 
     #[error("manifest {what} from {registry} is larger than the {limit} bytes a manifest may have")]
-    ManifestTooLarge {
-        registry: RegistryName,
-        what: String,
-        limit: usize,
-    },
+    ManifestTooLarge { registry: RegistryName, what: String, limit: usize },
 
     #[error("range {0:?} cannot be satisfied")]
     RangeNotSatisfiable(String, u64),
@@ -109,13 +92,7 @@ impl Error {
             Error::Request(e) => (e.code.status(), e.code),
             Error::RegistryDenied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             Error::Upstream(u) => {
-                let UpstreamStatus {
-                    resource,
-                    status,
-                    challenge,
-                    retry_after,
-                    ..
-                } = &**u;
+                let UpstreamStatus { resource, status, challenge, retry_after, .. } = &**u;
                 match *status {
                     StatusCode::UNAUTHORIZED => {
                         if let Some(c) = challenge {

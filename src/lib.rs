@@ -36,13 +36,10 @@ pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         origin,
         config.policy.clone(),
         config.auth_cache_ttl,
+        config.max_upstream_concurrency,
         metrics.clone(),
     );
-    let htpasswd = config
-        .htpasswd
-        .as_deref()
-        .map(server::auth::Htpasswd::open)
-        .transpose()?;
+    let htpasswd = config.htpasswd.as_deref().map(server::auth::Htpasswd::open).transpose()?;
     Ok(Arc::new(server::AppState {
         cache,
         metrics,
@@ -52,7 +49,7 @@ pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
     }))
 }
 
-/// Serves the cache on `listener` until `shutdown` completes.
+/// Serves the cache on `listener` (with TLS when configured) until `shutdown` completes.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
@@ -60,8 +57,13 @@ pub async fn run(
 ) -> Result<(), String> {
     let state = build(&config)?;
     let app = server::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| format!("server error: {e}"))
+    let served = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = server::tls::server_config(cert, key)?;
+            let listener = server::tls::TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        _ => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    };
+    served.map_err(|e| format!("server error: {e}"))
 }

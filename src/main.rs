@@ -24,9 +24,7 @@ fn main() -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             "ocicache serving"
         );
-        ocicache::run(listener, config, shutdown_signal())
-            .await
-            .map_err(anyhow::Error::msg)
+        ocicache::run(listener, config, shutdown_signal()).await.map_err(anyhow::Error::msg)
     })?;
     tracing::info!("ocicache stopped");
     Ok(())
@@ -35,9 +33,7 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

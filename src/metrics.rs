@@ -74,29 +74,13 @@ impl Metrics {
             cache_requests.clone(),
         );
         let http_requests = Family::<Labels, Counter>::default();
-        registry.register(
-            "ocicache_http_requests",
-            "HTTP requests by route, method and status",
-            http_requests.clone(),
-        );
+        registry.register("ocicache_http_requests", "HTTP requests by route, method and status", http_requests.clone());
         let bytes_from_upstream = Counter::default();
-        registry.register(
-            "ocicache_upstream_bytes",
-            "Blob bytes downloaded from origins",
-            bytes_from_upstream.clone(),
-        );
+        registry.register("ocicache_upstream_bytes", "Blob bytes downloaded from origins", bytes_from_upstream.clone());
         let bytes_from_cache = Counter::default();
-        registry.register(
-            "ocicache_cache_served_bytes",
-            "Blob bytes served from the cache",
-            bytes_from_cache.clone(),
-        );
+        registry.register("ocicache_cache_served_bytes", "Blob bytes served from the cache", bytes_from_cache.clone());
         let inflight_downloads = Gauge::default();
-        registry.register(
-            "ocicache_inflight_downloads",
-            "Blob downloads in progress",
-            inflight_downloads.clone(),
-        );
+        registry.register("ocicache_inflight_downloads", "Blob downloads in progress", inflight_downloads.clone());
         let requests_in_progress = Gauge::default();
         registry.register(
             "ocicache_requests_in_progress",
@@ -166,9 +150,7 @@ impl Metrics {
     }
 
     pub fn cache_result(&self, registry: &str, kind: &'static str, result: CacheResult) {
-        self.containerd_cache
-            .get_or_create(&vec![("result", result.as_str().to_owned())])
-            .inc();
+        self.containerd_cache.get_or_create(&vec![("result", result.as_str().to_owned())]).inc();
         self.cache_requests
             .get_or_create(&vec![
                 ("registry", registry.to_owned()),
@@ -191,10 +173,7 @@ impl Metrics {
     pub fn revalidation(&self, registry: &str, changed: bool) {
         let outcome = if changed { "changed" } else { "unchanged" };
         self.revalidations
-            .get_or_create(&vec![
-                ("registry", registry.to_owned()),
-                ("outcome", outcome.to_owned()),
-            ])
+            .get_or_create(&vec![("registry", registry.to_owned()), ("outcome", outcome.to_owned())])
             .inc();
     }
 

@@ -22,26 +22,11 @@ fn htpasswd_file(dir: &std::path::Path, user: &str, pass: &str) -> std::path::Pa
 fn htpasswd_requires_credentials_from_every_client() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
-    let img = build_image(
-        dir.path(),
-        "1",
-        "amd64",
-        &[LayerSpec::file("x", random_bytes(30_000, 1))],
-    );
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/test/img:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(30_000, 1))]);
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
     let file = htpasswd_file(dir.path(), "alice", "pw");
-    let cache = Cache::start(&[
-        "--upstream",
-        &format!("one.test={}", upstream.url()),
-        "--htpasswd",
-        file.to_str().unwrap(),
-    ]);
+    let cache =
+        Cache::start(&["--upstream", &format!("one.test={}", upstream.url()), "--htpasswd", file.to_str().unwrap()]);
 
     for auth in [None, Some(MALLORY), Some("Basic !!notbase64"), Some("Bearer abc")] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
@@ -53,25 +38,15 @@ fn htpasswd_requires_credentials_from_every_client() {
             assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
         }
     }
-    assert_eq!(
-        upstream.count("GET", "/manifests/"),
-        0,
-        "unauthenticated requests reached the origin"
-    );
-    assert_eq!(
-        http_request(&cache.addr(), "GET", "/v2/", &[("Authorization", ALICE)]).status,
-        200
-    );
+    assert_eq!(upstream.count("GET", "/manifests/"), 0, "unauthenticated requests reached the origin");
+    assert_eq!(http_request(&cache.addr(), "GET", "/v2/", &[("Authorization", ALICE)]).status, 200);
     assert_eq!(http_request(&cache.addr(), "GET", "/metrics", &[]).status, 200);
     assert_eq!(http_request(&cache.addr(), "GET", "/healthz", &[]).status, 200);
 
     let d = tempfile::tempdir().unwrap();
     let src = format!("docker://{}/one.test/test/img:1", cache.addr());
     assert!(!skopeo_copy_to_dir(&src, d.path(), &[]).status.success());
-    assert_success(
-        &skopeo_copy_to_dir(&src, d.path(), &["--src-creds", "alice:pw"]),
-        "skopeo with credentials",
-    );
+    assert_success(&skopeo_copy_to_dir(&src, d.path(), &["--src-creds", "alice:pw"]), "skopeo with credentials");
 
     let ctrd = Containerd::start();
     ctrd.mirror_all_to(&cache.addr());
@@ -81,10 +56,7 @@ fn htpasswd_requires_credentials_from_every_client() {
 
     let locked = Cache::start(&["--htpasswd", file.to_str().unwrap(), "--metrics-auth"]);
     assert_eq!(http_request(&locked.addr(), "GET", "/metrics", &[]).status, 401);
-    assert_eq!(
-        http_request(&locked.addr(), "GET", "/metrics", &[("Authorization", ALICE)]).status,
-        200
-    );
+    assert_eq!(http_request(&locked.addr(), "GET", "/metrics", &[("Authorization", ALICE)]).status, 200);
 }
 
 #[test]
@@ -95,26 +67,9 @@ fn private_content_is_served_only_to_clients_the_origin_confirms() {
     let shared = LayerSpec::file("base/os.bin", random_bytes(50_000, 7));
     let secret = LayerSpec::file("app/secret.bin", random_bytes(40_000, 8));
     let priv_img = build_image(dir.path(), "p", "amd64", &[shared.clone(), secret]);
-    let pub_img = build_image(
-        dir.path(),
-        "q",
-        "amd64",
-        &[shared, LayerSpec::file("app/pub", "public")],
-    );
-    push(
-        &priv_img.layout,
-        "p",
-        &format!("{}/priv/img:1", private.addr()),
-        Format::Oci,
-        Some(("alice", "pw")),
-    );
-    push(
-        &pub_img.layout,
-        "q",
-        &format!("{}/pub/img:1", public.addr()),
-        Format::Oci,
-        None,
-    );
+    let pub_img = build_image(dir.path(), "q", "amd64", &[shared, LayerSpec::file("app/pub", "public")]);
+    push(&priv_img.layout, "p", &format!("{}/priv/img:1", private.addr()), Format::Oci, Some(("alice", "pw")));
+    push(&pub_img.layout, "q", &format!("{}/pub/img:1", public.addr()), Format::Oci, None);
     let cache = Cache::start(&[
         "--upstream",
         &format!("auth.test={}", private.url()),
@@ -132,10 +87,7 @@ fn private_content_is_served_only_to_clients_the_origin_confirms() {
     let (shared_d, secret_d) = (priv_img.layer_digests[0].clone(), priv_img.layer_digests[1].clone());
 
     // Alice pulls the private image with her own credentials.
-    assert_eq!(
-        get("/v2/auth.test/priv/img/manifests/1", Some(ALICE)).body,
-        priv_img.manifest
-    );
+    assert_eq!(get("/v2/auth.test/priv/img/manifests/1", Some(ALICE)).body, priv_img.manifest);
     for d in priv_img.blob_digests() {
         assert_eq!(get(&blob("auth.test/priv/img", &d), Some(ALICE)).status, 200);
     }
@@ -149,10 +101,7 @@ fn private_content_is_served_only_to_clients_the_origin_confirms() {
         for d in priv_img.blob_digests() {
             let r = get(&blob("auth.test/priv/img", &d), auth);
             assert_eq!(r.status, 401, "{d} {auth:?}");
-            assert!(!r
-                .body
-                .windows(16)
-                .any(|w| priv_img.layer_blobs[1].windows(16).next() == Some(w)));
+            assert!(!r.body.windows(16).any(|w| priv_img.layer_blobs[1].windows(16).next() == Some(w)));
             let h = http_request(&cache.addr(), "HEAD", &blob("auth.test/priv/img", &d), &[]);
             assert_eq!(h.status, 401);
         }
@@ -162,28 +111,17 @@ fn private_content_is_served_only_to_clients_the_origin_confirms() {
     }
 
     // Alice again: served from the cache, confirmed by HEADs only.
-    assert_eq!(
-        get("/v2/auth.test/priv/img/manifests/1", Some(ALICE)).body,
-        priv_img.manifest
-    );
+    assert_eq!(get("/v2/auth.test/priv/img/manifests/1", Some(ALICE)).body, priv_img.manifest);
     for (d, bytes) in priv_img.layer_digests.iter().zip(&priv_img.layer_blobs) {
         assert_eq!(&get(&blob("auth.test/priv/img", d), Some(ALICE)).body, bytes);
     }
-    assert_eq!(
-        private.count("GET", "/blobs/"),
-        fetched,
-        "alice's second pull refetched blobs"
-    );
+    assert_eq!(private.count("GET", "/blobs/"), fetched, "alice's second pull refetched blobs");
 
     // A public image sharing a layer: anyone gets the shared layer (the public origin confirms it).
     let r = get(&blob("pub.test/pub/img", &shared_d), None);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, priv_img.layer_blobs[0]);
-    assert_eq!(
-        public.count("GET", &shared_d),
-        0,
-        "the shared layer was stored once and not refetched"
-    );
+    assert_eq!(public.count("GET", &shared_d), 0, "the shared layer was stored once and not refetched");
 }
 
 /// A listener that records whether anything connected to it.
@@ -206,45 +144,81 @@ fn origins_cannot_steer_the_cache_to_internal_addresses() {
     let (port, hits) = trap();
     let origin = FakeOrigin::start();
     // Faults: a redirect of a blob to an internal address, and a token realm on one.
-    let to_loopback = origin.add_blob(
-        random_bytes(100, 1),
-        Fault::Redirect(format!("http://127.0.0.1:{port}/x")),
-    );
-    let to_metadata = origin.add_blob(
-        random_bytes(100, 2),
-        Fault::Redirect("http://169.254.169.254/latest/meta-data".into()),
-    );
+    let to_loopback = origin.add_blob(random_bytes(100, 1), Fault::Redirect(format!("http://127.0.0.1:{port}/x")));
+    let to_metadata =
+        origin.add_blob(random_bytes(100, 2), Fault::Redirect("http://169.254.169.254/latest/meta-data".into()));
     let realm = format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\"");
-    origin.add_manifest(
-        "1",
-        b"{}",
-        ACCEPT_OCI,
-        Fault::Status(401, vec![("WWW-Authenticate".into(), realm)]),
-    );
+    origin.add_manifest("1", b"{}", ACCEPT_OCI, Fault::Status(401, vec![("WWW-Authenticate".into(), realm)]));
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
 
     for d in [&to_loopback, &to_metadata] {
         let r = http_request(&cache.addr(), "GET", &format!("/v2/fake.test/app/blobs/{d}"), &[]);
         assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
-        assert!(
-            String::from_utf8_lossy(&r.body).contains("redirect refused"),
-            "{}",
-            String::from_utf8_lossy(&r.body)
-        );
+        assert!(String::from_utf8_lossy(&r.body).contains("redirect refused"), "{}", String::from_utf8_lossy(&r.body));
     }
     let r = http_request(&cache.addr(), "GET", "/v2/fake.test/app/manifests/1", &[]);
     assert_eq!(r.status, 502);
     assert!(String::from_utf8_lossy(&r.body).contains("token realm refused"));
     // Path routing and ns to internal hosts are refused before any dial.
-    for p in [
-        format!("/v2/127.0.0.1:{port}/x/manifests/1"),
-        format!("/v2/x/manifests/1?ns=localhost:{port}"),
-    ] {
+    for p in [format!("/v2/127.0.0.1:{port}/x/manifests/1"), format!("/v2/x/manifests/1?ns=localhost:{port}")] {
         assert_eq!(http_request(&cache.addr(), "GET", &p, &[]).status, 403, "{p}");
     }
-    assert_eq!(
-        hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the cache connected to an internal address"
-    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the cache connected to an internal address");
+}
+
+#[test]
+fn tls_serves_https_to_real_clients() {
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(20_000, 3))]);
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    let (cert, key) = (dir.path().join("certs/ca.crt"), dir.path().join("key.pem"));
+    std::fs::create_dir_all(cert.parent().unwrap()).unwrap();
+    run_ok(std::process::Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ocicache-test",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    let cache = Cache::start(&[
+        "--upstream",
+        &format!("one.test={}", upstream.url()),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let out = run_ok(std::process::Command::new("curl").args([
+        "-sS",
+        "--cacert",
+        cert.to_str().unwrap(),
+        &format!("https://{}/v2/", cache.addr()),
+    ]));
+    assert_eq!(out.stdout, b"{}");
+    let d = tempfile::tempdir().unwrap();
+    let certs = cert.parent().unwrap().to_str().unwrap().to_owned();
+    let out = run_output(std::process::Command::new("skopeo").args([
+        "copy",
+        "--src-cert-dir",
+        &certs,
+        &format!("docker://{}/one.test/test/img:1", cache.addr()),
+        &format!("dir:{}", d.path().display()),
+    ]));
+    assert_success(&out, "skopeo over https with the test CA");
+    assert_eq!(std::fs::read(d.path().join("manifest.json")).unwrap(), img.manifest);
+    // A client that does not trust the certificate is refused by TLS itself.
+    let untrusted =
+        run_output(std::process::Command::new("curl").args(["-sS", &format!("https://{}/v2/", cache.addr())]));
+    assert!(!untrusted.status.success());
 }

@@ -67,9 +67,7 @@ async fn concurrent_clients_share_one_upstream_download_and_stream_before_it_end
     assert_eq!(origin.count("GET", "/blobs/"), 1, "{:?}", origin.requests());
     assert_eq!(origin.count("HEAD", "/blobs/"), 0);
     // Committed: the next client is served from disk.
-    let again = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap())
-        .await
-        .unwrap();
+    let again = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap()).await.unwrap();
     assert_eq!(again, data);
     assert_eq!(origin.count("GET", "/blobs/"), 1);
     assert_eq!(cache.stored_blobs().len(), 1);
@@ -115,22 +113,13 @@ async fn a_dropped_download_resumes_with_a_range_request() {
     let digest = origin.add_blob(data.clone(), Fault::DropOnceAt(1 << 20));
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
     let client = reqwest::Client::new();
-    let body = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap())
-        .await
-        .unwrap();
+    let body = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap()).await.unwrap();
     assert_eq!(body, data);
     let gets: Vec<_> = origin.requests().into_iter().filter(|r| r.method == "GET").collect();
     assert_eq!(gets.len(), 2, "{gets:?}");
     // Resumed from the byte reached (bytes in transit when the connection broke are fetched again).
-    let start: usize = gets[1]
-        .range
-        .as_deref()
-        .unwrap()
-        .strip_prefix("bytes=")
-        .unwrap()
-        .trim_end_matches('-')
-        .parse()
-        .unwrap();
+    let start: usize =
+        gets[1].range.as_deref().unwrap().strip_prefix("bytes=").unwrap().trim_end_matches('-').parse().unwrap();
     assert!(start > 0 && start <= 1 << 20, "resumed at {start}");
     let stored = cache.stored_blobs();
     assert_eq!(stored.len(), 1);
@@ -148,54 +137,24 @@ async fn ranges_on_stored_and_in_flight_blobs() {
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
     let client = reqwest::Client::new();
 
-    let full = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap())
-        .await
-        .unwrap();
+    let full = read_all(client.get(blob_url(&cache, &digest)).send().await.unwrap()).await.unwrap();
     assert_eq!(full, data);
-    let r = client
-        .get(blob_url(&cache, &digest))
-        .header("Range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(blob_url(&cache, &digest)).header("Range", "bytes=10-19").send().await.unwrap();
     assert_eq!(r.status(), 206);
-    assert_eq!(
-        r.headers()["content-range"],
-        format!("bytes 10-19/{}", data.len()).as_str()
-    );
+    assert_eq!(r.headers()["content-range"], format!("bytes 10-19/{}", data.len()).as_str());
     assert_eq!(r.headers()["accept-ranges"], "bytes");
     assert_eq!(read_all(r).await.unwrap(), &data[10..20]);
-    let tail = client
-        .get(blob_url(&cache, &digest))
-        .header("Range", "bytes=-5")
-        .send()
-        .await
-        .unwrap();
+    let tail = client.get(blob_url(&cache, &digest)).header("Range", "bytes=-5").send().await.unwrap();
     assert_eq!(read_all(tail).await.unwrap(), &data[data.len() - 5..]);
-    let past = client
-        .get(blob_url(&cache, &digest))
-        .header("Range", format!("bytes={}-", data.len()))
-        .send()
-        .await
-        .unwrap();
+    let past =
+        client.get(blob_url(&cache, &digest)).header("Range", format!("bytes={}-", data.len())).send().await.unwrap();
     assert_eq!(past.status(), 416);
-    assert_eq!(
-        past.headers()["content-range"],
-        format!("bytes */{}", data.len()).as_str()
-    );
+    assert_eq!(past.headers()["content-range"], format!("bytes */{}", data.len()).as_str());
 
     // In flight: the range answer starts while the origin holds, and completes once verified.
-    let r = client
-        .get(blob_url(&cache, &held_digest))
-        .header("Range", "bytes=1000-200000")
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(blob_url(&cache, &held_digest)).header("Range", "bytes=1000-200000").send().await.unwrap();
     assert_eq!(r.status(), 206);
-    assert_eq!(
-        r.headers()["content-range"],
-        format!("bytes 1000-200000/{}", held.len()).as_str()
-    );
+    assert_eq!(r.headers()["content-range"], format!("bytes 1000-200000/{}", held.len()).as_str());
     let mut s = r.bytes_stream();
     let first = s.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
@@ -213,10 +172,7 @@ async fn origin_errors_become_oci_errors() {
     let origin = FakeOrigin::start();
     let missing = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
     // Fault: the origin rate-limits this blob.
-    let limited = origin.add_blob(
-        random_bytes(1000, 6),
-        Fault::Status(429, vec![("Retry-After".into(), "30".into())]),
-    );
+    let limited = origin.add_blob(random_bytes(1000, 6), Fault::Status(429, vec![("Retry-After".into(), "30".into())]));
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
     let client = reqwest::Client::new();
     let r = client.get(blob_url(&cache, missing)).send().await.unwrap();
@@ -243,9 +199,7 @@ async fn a_download_finishes_when_the_client_that_started_it_leaves() {
     s.next().await.unwrap().unwrap();
     drop(s);
     origin.release();
-    poll_until(DEFAULT_TIMEOUT, "the abandoned download to be committed", || {
-        !cache.stored_blobs().is_empty()
-    });
+    poll_until(DEFAULT_TIMEOUT, "the abandoned download to be committed", || !cache.stored_blobs().is_empty());
     assert_eq!(std::fs::read(&cache.stored_blobs()[0]).unwrap(), data);
     assert_eq!(origin.count("GET", "/blobs/"), 1);
 }
@@ -256,12 +210,7 @@ async fn identical_manifest_requests_share_one_upstream_request() {
     let manifest =
         br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
     // Fault: the origin holds its answer so every client's request overlaps the first.
-    origin.add_manifest(
-        "1.0",
-        manifest,
-        "application/vnd.oci.image.manifest.v1+json",
-        Fault::HoldAt(0),
-    );
+    origin.add_manifest("1.0", manifest, "application/vnd.oci.image.manifest.v1+json", Fault::HoldAt(0));
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
     let client = reqwest::Client::new();
     let url = format!("http://{}/v2/fake.test/app/manifests/1.0", cache.addr());
@@ -269,12 +218,8 @@ async fn identical_manifest_requests_share_one_upstream_request() {
     for _ in 0..CLIENTS {
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let r = client
-                .get(url)
-                .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-                .send()
-                .await
-                .unwrap();
+            let r =
+                client.get(url).header("Accept", "application/vnd.oci.image.manifest.v1+json").send().await.unwrap();
             (r.status(), r.bytes().await.unwrap())
         }));
     }

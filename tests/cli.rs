@@ -66,22 +66,13 @@ fn invalid_config_names_the_bad_key() {
 fn binary_serves_the_api_with_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ocicache.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "cache_dir = \"{}\"\nlog_format = \"json\"\n",
-            dir.path().join("c").display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, format!("cache_dir = \"{}\"\nlog_format = \"json\"\n", dir.path().join("c").display()))
+        .unwrap();
     let p = CacheProcess::spawn(&["-c", path.to_str().unwrap()]);
     let r = http_request(&format!("127.0.0.1:{}", p.port), "GET", "/v2/", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"{}");
-    assert!(
-        dir.path().join("c/blobs").is_dir(),
-        "cache dir from the file was not used"
-    );
+    assert!(dir.path().join("c/blobs").is_dir(), "cache dir from the file was not used");
     let h = http_request(&format!("127.0.0.1:{}", p.port), "GET", "/healthz", &[]);
     assert_eq!(h.status, 200);
 }

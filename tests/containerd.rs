@@ -13,10 +13,7 @@ fn containerd_pulls_two_registries_through_one_mirror_and_repulls_from_cache() {
         dir.path(),
         "1",
         "amd64",
-        &[
-            LayerSpec::file("etc/a", "a\n"),
-            LayerSpec::file("data/a.bin", random_bytes(500_000, 11)),
-        ],
+        &[LayerSpec::file("etc/a", "a\n"), LayerSpec::file("data/a.bin", random_bytes(500_000, 11))],
     );
     push(&img.layout, "1", &format!("{}/test/img:1", a.addr()), Format::Oci, None);
     let idx = build_index(
@@ -29,12 +26,8 @@ fn containerd_pulls_two_registries_through_one_mirror_and_repulls_from_cache() {
     );
     push_index(&idx.layout, "multi", &format!("{}/other/img:1", b.addr()), None);
 
-    let cache = Cache::start(&[
-        "--upstream",
-        &format!("one.test={}", a.url()),
-        "--upstream",
-        &format!("two.test={}", b.url()),
-    ]);
+    let cache =
+        Cache::start(&["--upstream", &format!("one.test={}", a.url()), "--upstream", &format!("two.test={}", b.url())]);
     let ctrd = Containerd::start();
     ctrd.mirror_all_to(&cache.addr());
     ctrd.block_fallback("one.test");
@@ -43,10 +36,7 @@ fn containerd_pulls_two_registries_through_one_mirror_and_repulls_from_cache() {
     ctrd.pull_ok("one.test/test/img:1", &[]);
     ctrd.pull_ok("two.test/other/img:1", &["--platform", "linux/arm64"]);
     let content = ctrd.content();
-    assert!(
-        content.contains(&img.layer_digests[1]),
-        "layer missing from containerd: {content:?}"
-    );
+    assert!(content.contains(&img.layer_digests[1]), "layer missing from containerd: {content:?}");
     let arm = idx.manifests.iter().find(|m| m.arch == "arm64").unwrap();
     assert!(content.contains(&arm.layer_digests[0]));
 
@@ -72,19 +62,8 @@ fn containerd_pulls_two_registries_through_one_mirror_and_repulls_from_cache() {
 fn containerd_with_its_own_credentials_pulls_through_the_401_pass_through() {
     let upstream = Registry::start_with_htpasswd(&[("alice", "pw")]);
     let dir = tempfile::tempdir().unwrap();
-    let img = build_image(
-        dir.path(),
-        "1",
-        "amd64",
-        &[LayerSpec::file("x", random_bytes(20_000, 21))],
-    );
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/priv/img:1", upstream.addr()),
-        Format::Oci,
-        Some(("alice", "pw")),
-    );
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(20_000, 21))]);
+    push(&img.layout, "1", &format!("{}/priv/img:1", upstream.addr()), Format::Oci, Some(("alice", "pw")));
     let cache = Cache::start(&["--upstream", &format!("auth.test={}", upstream.url())]);
     let ctrd = Containerd::start();
     ctrd.mirror_all_to(&cache.addr());

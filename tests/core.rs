@@ -18,13 +18,7 @@ fn push_image(registry: &Registry, repo: &str, tag: &str, seed: u64) -> (tempfil
         LayerSpec::file("bin/tool", random_bytes(50_000, seed + 1)),
     ];
     let img = build_image(dir.path(), tag, "amd64", &layers);
-    push(
-        &img.layout,
-        tag,
-        &format!("{}/{repo}:{tag}", registry.addr()),
-        Format::Oci,
-        None,
-    );
+    push(&img.layout, tag, &format!("{}/{repo}:{tag}", registry.addr()), Format::Oci, None);
     (dir, img)
 }
 
@@ -51,10 +45,7 @@ fn path_routed_pull_is_identical_and_second_pull_makes_no_upstream_request() {
     let first = tempfile::tempdir().unwrap();
     assert_success(&skopeo_copy_to_dir(&src, first.path(), &[]), "first pull");
     assert_same_image(first.path(), &img);
-    assert!(
-        upstream.count("GET", "/blobs/") >= 3,
-        "the first pull fetched from upstream"
-    );
+    assert!(upstream.count("GET", "/blobs/") >= 3, "the first pull fetched from upstream");
     // Requests to the origin never carry the routing parameter.
     assert!(upstream.requests().iter().all(|r| !r.path.contains("ns=")));
 
@@ -80,10 +71,7 @@ fn ns_query_routing_returns_registry_headers_for_get_and_head() {
     assert_eq!(get.body, img.manifest);
     assert_eq!(get.header("docker-content-digest"), Some(img.manifest_digest.as_str()));
     assert_eq!(get.header("content-type"), Some(ACCEPT_OCI));
-    assert_eq!(
-        get.header("content-length"),
-        Some(img.manifest.len().to_string().as_str())
-    );
+    assert_eq!(get.header("content-length"), Some(img.manifest.len().to_string().as_str()));
 
     let head = http_request(&addr, "HEAD", path, &[("Accept", ACCEPT_OCI)]);
     assert_eq!(head.status, 200);
@@ -92,12 +80,8 @@ fn ns_query_routing_returns_registry_headers_for_get_and_head() {
     assert_eq!(head.header("content-length"), get.header("content-length"));
 
     // By digest, and each blob, through ns routing.
-    let by_digest = http_request(
-        &addr,
-        "GET",
-        &format!("/v2/test/img/manifests/{}?ns=one.test", img.manifest_digest),
-        &[],
-    );
+    let by_digest =
+        http_request(&addr, "GET", &format!("/v2/test/img/manifests/{}?ns=one.test", img.manifest_digest), &[]);
     assert_eq!(by_digest.body, img.manifest);
     for (digest, blob) in img.layer_digests.iter().zip(&img.layer_blobs) {
         let r = http_request(&addr, "GET", &format!("/v2/test/img/blobs/{digest}?ns=one.test"), &[]);
@@ -125,29 +109,13 @@ fn one_cache_serves_two_registries_and_stores_a_shared_blob_once() {
     let shared = LayerSpec::file("shared/base.bin", random_bytes(200_000, 99));
     let img_a = build_image(dir.path(), "a", "amd64", &[shared.clone(), LayerSpec::file("a", "a")]);
     let img_b = build_image(dir.path(), "b", "amd64", &[shared, LayerSpec::file("b", "b")]);
-    push(
-        &img_a.layout,
-        "a",
-        &format!("{}/team/app:1", a.addr()),
-        Format::Oci,
-        None,
-    );
-    push(
-        &img_b.layout,
-        "b",
-        &format!("{}/other/app:2", b.addr()),
-        Format::Oci,
-        None,
-    );
+    push(&img_a.layout, "a", &format!("{}/team/app:1", a.addr()), Format::Oci, None);
+    push(&img_b.layout, "b", &format!("{}/other/app:2", b.addr()), Format::Oci, None);
     assert_eq!(img_a.layer_digests[0], img_b.layer_digests[0]);
     let shared_digest = img_a.layer_digests[0].clone();
 
-    let cache = Cache::start(&[
-        "--upstream",
-        &format!("a.test={}", a.url()),
-        "--upstream",
-        &format!("b.test={}", b.url()),
-    ]);
+    let cache =
+        Cache::start(&["--upstream", &format!("a.test={}", a.url()), "--upstream", &format!("b.test={}", b.url())]);
     let d1 = tempfile::tempdir().unwrap();
     assert_success(
         &skopeo_copy_to_dir(&format!("docker://{}/a.test/team/app:1", cache.addr()), d1.path(), &[]),
@@ -162,22 +130,15 @@ fn one_cache_serves_two_registries_and_stores_a_shared_blob_once() {
     );
     assert_same_image(d2.path(), &img_b);
 
-    let fetched_from_b: Vec<_> = b
-        .requests_since(mark_b)
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
-        .collect();
+    let fetched_from_b: Vec<_> =
+        b.requests_since(mark_b).into_iter().filter(|r| r.method == "GET" && r.path.contains("/blobs/")).collect();
     assert!(
         fetched_from_b.iter().all(|r| !r.path.contains(&shared_digest)),
         "shared blob fetched twice: {fetched_from_b:?}"
     );
     assert_eq!(fetched_from_b.len(), 2, "config and own layer of b: {fetched_from_b:?}");
     let hex = shared_digest.strip_prefix("sha256:").unwrap();
-    let copies = cache
-        .stored_blobs()
-        .iter()
-        .filter(|p| p.file_name().unwrap() == hex)
-        .count();
+    let copies = cache.stored_blobs().iter().filter(|p| p.file_name().unwrap() == hex).count();
     assert_eq!(copies, 1);
 }
 
@@ -206,27 +167,14 @@ fn skipped_tags_and_uncached_manifests_ask_the_origin_every_time() {
     let cache = Cache::start(&["--upstream", &up]);
     for n in 1..=3 {
         get(&cache, "latest");
-        assert_eq!(
-            asks(&upstream, "latest"),
-            n,
-            "skip-tags default `latest`: every request asks the origin"
-        );
+        assert_eq!(asks(&upstream, "latest"), n, "skip-tags default `latest`: every request asks the origin");
     }
     // After the first GET the origin is asked with HEADs (Docker Hub counts GETs as pulls, not HEADs).
     assert_eq!(upstream.count("GET", "/manifests/latest"), 1);
-    let h = http_request(
-        &cache.addr(),
-        "HEAD",
-        "/v2/one.test/test/img/manifests/latest",
-        &[("Accept", ACCEPT_OCI)],
-    );
+    let h = http_request(&cache.addr(), "HEAD", "/v2/one.test/test/img/manifests/latest", &[("Accept", ACCEPT_OCI)]);
     assert_eq!(h.status, 200);
     assert_eq!(asks(&upstream, "latest"), 4);
-    assert_eq!(
-        upstream.count("GET", "/manifests/latest"),
-        1,
-        "a client HEAD never becomes an upstream GET"
-    );
+    assert_eq!(upstream.count("GET", "/manifests/latest"), 1, "a client HEAD never becomes an upstream GET");
     assert!(cache.metric("containerd_cache_total{result=\"skip\"}") >= 4.0);
 
     // A cacheable tag is fetched once and then served from the cache.
@@ -287,15 +235,22 @@ fn bad_input_gets_oci_errors_and_never_escapes_the_cache_dir() {
     }
     let long = format!("/v2/{}/manifests/1", "a".repeat(300));
     assert_eq!(http_request(&cache.addr(), "GET", &long, &[]).status, 400);
+    let huge = format!("/v2/a/manifests/1?x={}", "a".repeat(10_000));
+    let r = http_request(&cache.addr(), "GET", &huge, &[]);
+    assert_eq!(r.status, 414);
+    assert!(serde_json::from_slice::<serde_json::Value>(&r.body).is_ok());
+    let big_header = "x".repeat(70_000);
+    let r = http_request(&cache.addr(), "GET", "/v2/a/manifests/1", &[("X-Big", &big_header)]);
+    assert_eq!(r.status, 431);
+    let nul = http_request(&cache.addr(), "GET", "/v2/a/manifests/%00", &[]);
+    assert_eq!(nul.status, 400);
+    // Still serving after all of that.
+    assert_eq!(http_request(&cache.addr(), "GET", "/v2/", &[]).status, 200);
     let put = http_request(&cache.addr(), "PUT", "/v2/a/manifests/1", &[("Content-Length", "0")]);
     assert_eq!(put.status, 405);
     // Nothing was written outside the store's own directories.
     let parent = cache.dir.parent().unwrap();
-    let entries: Vec<_> = std::fs::read_dir(parent)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let entries: Vec<_> = std::fs::read_dir(parent).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(entries, vec![std::ffi::OsString::from("cache")]);
 }
 
@@ -303,19 +258,8 @@ fn bad_input_gets_oci_errors_and_never_escapes_the_cache_dir() {
 fn creds_file_authenticates_and_wrong_credentials_give_a_clear_401() {
     let upstream = Registry::start_with_htpasswd(&[("puller", "s3cret")]);
     let dir = tempfile::tempdir().unwrap();
-    let img = build_image(
-        dir.path(),
-        "1",
-        "amd64",
-        &[LayerSpec::file("x", random_bytes(10_000, 5))],
-    );
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/priv/img:1", upstream.addr()),
-        Format::Oci,
-        Some(("puller", "s3cret")),
-    );
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(10_000, 5))]);
+    push(&img.layout, "1", &format!("{}/priv/img:1", upstream.addr()), Format::Oci, Some(("puller", "s3cret")));
     let up = format!("auth.test={}", upstream.url());
 
     let good = dir.path().join("good.yaml");
@@ -323,11 +267,7 @@ fn creds_file_authenticates_and_wrong_credentials_give_a_clear_401() {
     let cache = Cache::start(&["--upstream", &up, "--creds-file", good.to_str().unwrap()]);
     let dest = tempfile::tempdir().unwrap();
     assert_success(
-        &skopeo_copy_to_dir(
-            &format!("docker://{}/auth.test/priv/img:1", cache.addr()),
-            dest.path(),
-            &[],
-        ),
+        &skopeo_copy_to_dir(&format!("docker://{}/auth.test/priv/img:1", cache.addr()), dest.path(), &[]),
         "pull with creds file",
     );
     assert_same_image(dest.path(), &img);
@@ -339,13 +279,7 @@ fn creds_file_authenticates_and_wrong_credentials_give_a_clear_401() {
     assert_eq!(r.status, 401);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
-    assert!(
-        v["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("credentials configured for auth.test"),
-        "{v}"
-    );
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("credentials configured for auth.test"), "{v}");
     assert!(r.header("www-authenticate").is_some_and(|c| c.starts_with("Basic")));
 }
 
@@ -353,19 +287,8 @@ fn creds_file_authenticates_and_wrong_credentials_give_a_clear_401() {
 fn origin_challenge_is_passed_through_and_client_credentials_forwarded() {
     let upstream = Registry::start_with_htpasswd(&[("alice", "pw")]);
     let dir = tempfile::tempdir().unwrap();
-    let img = build_image(
-        dir.path(),
-        "1",
-        "amd64",
-        &[LayerSpec::file("x", random_bytes(10_000, 6))],
-    );
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/priv/img:1", upstream.addr()),
-        Format::Oci,
-        Some(("alice", "pw")),
-    );
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(10_000, 6))]);
+    push(&img.layout, "1", &format!("{}/priv/img:1", upstream.addr()), Format::Oci, Some(("alice", "pw")));
     let cache = Cache::start(&["--upstream", &format!("auth.test={}", upstream.url())]);
     let path = "/v2/priv/img/manifests/1?ns=auth.test";
 
@@ -389,12 +312,8 @@ fn origin_challenge_is_passed_through_and_client_credentials_forwarded() {
     // Fetched with the client's own credentials: never served to anyone without them.
     let again = http_request(&cache.addr(), "GET", path, &[("Accept", ACCEPT_OCI)]);
     assert_eq!(again.status, 401);
-    let blob_anon = http_request(
-        &cache.addr(),
-        "GET",
-        &format!("/v2/priv/img/blobs/{}?ns=auth.test", img.layer_digests[0]),
-        &[],
-    );
+    let blob_anon =
+        http_request(&cache.addr(), "GET", &format!("/v2/priv/img/blobs/{}?ns=auth.test", img.layer_digests[0]), &[]);
     assert_eq!(blob_anon.status, 401);
 }
 
@@ -403,56 +322,30 @@ fn docker_schema2_and_index_keep_bytes_and_media_types_per_accept() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let v2 = build_image(dir.path(), "v2", "amd64", &[LayerSpec::file("x", "docker")]);
-    push(
-        &v2.layout,
-        "v2",
-        &format!("{}/test/docker:1", upstream.addr()),
-        Format::V2s2,
-        None,
-    );
+    push(&v2.layout, "v2", &format!("{}/test/docker:1", upstream.addr()), Format::V2s2, None);
     let idx = build_index(
         dir.path(),
         "multi",
-        &[
-            ("amd64", vec![LayerSpec::file("a", "amd")]),
-            ("arm64", vec![LayerSpec::file("a", "arm")]),
-        ],
+        &[("amd64", vec![LayerSpec::file("a", "amd")]), ("arm64", vec![LayerSpec::file("a", "arm")])],
     );
     push_index(&idx.layout, "multi", &format!("{}/test/multi:1", upstream.addr()), None);
     let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
 
     let (d, ct, body) = manifest_digest_at(&upstream.addr(), "test/docker", "1", MT_DOCKER_MANIFEST);
-    let r = http_request(
-        &cache.addr(),
-        "GET",
-        "/v2/one.test/test/docker/manifests/1",
-        &[("Accept", MT_DOCKER_MANIFEST)],
-    );
-    assert_eq!(
-        (r.body.clone(), r.header("content-type").unwrap().to_owned()),
-        (body, ct)
-    );
+    let r =
+        http_request(&cache.addr(), "GET", "/v2/one.test/test/docker/manifests/1", &[("Accept", MT_DOCKER_MANIFEST)]);
+    assert_eq!((r.body.clone(), r.header("content-type").unwrap().to_owned()), (body, ct));
     assert_eq!(r.header("docker-content-digest"), Some(d.as_str()));
 
     let all = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
     for _ in 0..2 {
-        let r = http_request(
-            &cache.addr(),
-            "GET",
-            "/v2/one.test/test/multi/manifests/1",
-            &[("Accept", all)],
-        );
+        let r = http_request(&cache.addr(), "GET", "/v2/one.test/test/multi/manifests/1", &[("Accept", all)]);
         assert_eq!(r.header("content-type"), Some(MT_OCI_INDEX));
         assert_eq!(r.header("docker-content-digest"), Some(idx.index_digest.as_str()));
         assert_eq!(r.body, idx.index);
     }
     // A client that accepts only single manifests is never handed the cached index.
-    let r = http_request(
-        &cache.addr(),
-        "GET",
-        "/v2/one.test/test/multi/manifests/1",
-        &[("Accept", ACCEPT_OCI)],
-    );
+    let r = http_request(&cache.addr(), "GET", "/v2/one.test/test/multi/manifests/1", &[("Accept", ACCEPT_OCI)]);
     assert_ne!(r.header("content-type"), Some(MT_OCI_INDEX));
     // Each platform manifest by digest.
     for m in &idx.manifests {

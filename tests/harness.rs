@@ -36,17 +36,7 @@ fn layers_are_reproducible_and_valid() {
         assert_eq!(e.header().uid().unwrap(), 0);
         names.push(e.path().unwrap().to_string_lossy().into_owned());
     }
-    assert_eq!(
-        names,
-        [
-            "top",
-            "usr/",
-            "usr/share/",
-            "usr/share/doc/",
-            "usr/share/doc/x/",
-            "usr/share/doc/x/README"
-        ]
-    );
+    assert_eq!(names, ["top", "usr/", "usr/share/", "usr/share/doc/", "usr/share/doc/x/", "usr/share/doc/x/README"]);
 
     // Two tags in one layout.
     build_image(a.path(), "v2", "arm64", &three_layers()[..1]);
@@ -60,13 +50,7 @@ fn push_and_copy_back() {
     let reg = Registry::start();
     let layout = tempfile::tempdir().unwrap();
     let img = build_image(layout.path(), "v1", "amd64", &three_layers());
-    push(
-        layout.path(),
-        "v1",
-        &format!("{}/test/three:v1", reg.addr()),
-        Format::Oci,
-        None,
-    );
+    push(layout.path(), "v1", &format!("{}/test/three:v1", reg.addr()), Format::Oci, None);
     assert_eq!(reg.count("GET", "/blobs/"), 0, "{:#?}", reg.requests());
     assert!(reg.count("PUT", "/manifests/v1") == 1, "{:#?}", reg.requests());
 
@@ -86,9 +70,7 @@ fn push_and_copy_back() {
         assert_eq!(reg.count("GET", &format!("/v2/test/three/blobs/{d}")), 1, "{d}");
     }
     assert!(reqs.iter().all(|r| !r.path.contains("__harness_sentinel")));
-    assert!(reqs
-        .iter()
-        .any(|r| r.method == "GET" && r.path == "/v2/test/three/manifests/v1" && r.status == 200));
+    assert!(reqs.iter().any(|r| r.method == "GET" && r.path == "/v2/test/three/manifests/v1" && r.status == 200));
 
     let (digest, ct, body) = manifest_digest_at(&reg.addr(), "test/three", "v1", MT_OCI_MANIFEST);
     assert_eq!(digest, img.manifest_digest);
@@ -102,13 +84,7 @@ fn push_v2s2() {
     let reg = Registry::start();
     let layout = tempfile::tempdir().unwrap();
     let img = build_image(layout.path(), "v1", "amd64", &three_layers()[..2]);
-    push(
-        layout.path(),
-        "v1",
-        &format!("{}/test/docker:v1", reg.addr()),
-        Format::V2s2,
-        None,
-    );
+    push(layout.path(), "v1", &format!("{}/test/docker:v1", reg.addr()), Format::V2s2, None);
     let (digest, ct, body) = manifest_digest_at(&reg.addr(), "test/docker", "v1", ACCEPT_ALL_MANIFESTS);
     assert_eq!(ct, MT_DOCKER_MANIFEST);
     assert_ne!(digest, img.manifest_digest);
@@ -132,17 +108,9 @@ fn push_index_and_inspect() {
     let idx = build_index(
         layout.path(),
         "multi",
-        &[
-            ("amd64", vec![LayerSpec::file("arch", "amd64")]),
-            ("arm64", vec![LayerSpec::file("arch", "arm64")]),
-        ],
+        &[("amd64", vec![LayerSpec::file("arch", "amd64")]), ("arm64", vec![LayerSpec::file("arch", "arm64")])],
     );
-    push_index(
-        layout.path(),
-        "multi",
-        &format!("{}/test/multi:multi", reg.addr()),
-        None,
-    );
+    push_index(layout.path(), "multi", &format!("{}/test/multi:multi", reg.addr()), None);
     let out = skopeo_inspect_raw(&format!("docker://{}/test/multi:multi", reg.addr()), &[]);
     assert_success(&out, "skopeo inspect --raw");
     assert_eq!(out.stdout, idx.index);
@@ -150,12 +118,8 @@ fn push_index_and_inspect() {
     assert_eq!(digest, idx.index_digest);
     assert_eq!(ct, MT_OCI_INDEX);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let archs: Vec<&str> = v["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["platform"]["architecture"].as_str().unwrap())
-        .collect();
+    let archs: Vec<&str> =
+        v["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
     assert_eq!(archs, ["amd64", "arm64"]);
     for m in &idx.manifests {
         let (d, ct, _) = manifest_digest_at(&reg.addr(), "test/multi", &m.manifest_digest, MT_OCI_MANIFEST);
@@ -183,10 +147,7 @@ fn htpasswd_registry() {
 
     let dir = tempfile::tempdir().unwrap();
     assert!(!skopeo_copy_to_dir(&src, dir.path(), &[]).status.success());
-    assert_success(
-        &skopeo_copy_to_dir(&src, dir.path(), &["--src-creds=alice:s3cret"]),
-        "copy with creds",
-    );
+    assert_success(&skopeo_copy_to_dir(&src, dir.path(), &["--src-creds=alice:s3cret"]), "copy with creds");
 
     let resp = http_request(&reg.addr(), "GET", "/v2/", &[]);
     assert_eq!(resp.status, 401);
@@ -201,13 +162,7 @@ fn registry_restart_keeps_storage_and_port() {
     let port = reg.port;
     let layout = tempfile::tempdir().unwrap();
     let img = build_image(layout.path(), "v1", "amd64", &three_layers()[..1]);
-    push(
-        layout.path(),
-        "v1",
-        &format!("{}/r/img:v1", reg.addr()),
-        Format::Oci,
-        None,
-    );
+    push(layout.path(), "v1", &format!("{}/r/img:v1", reg.addr()), Format::Oci, None);
     reg.stop();
     assert!(!port_is_open(port));
     reg.restart();
@@ -223,13 +178,7 @@ fn proxy_registry_pulls_through() {
     let upstream = Registry::start();
     let layout = tempfile::tempdir().unwrap();
     let img = build_image(layout.path(), "v1", "amd64", &three_layers()[..2]);
-    push(
-        layout.path(),
-        "v1",
-        &format!("{}/library/p:v1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
+    push(layout.path(), "v1", &format!("{}/library/p:v1", upstream.addr()), Format::Oci, None);
     let proxy = Registry::start_proxy(&upstream.url());
     let dir = tempfile::tempdir().unwrap();
     assert_success(
@@ -252,10 +201,7 @@ fn containerd_pulls_directly() {
     let idx = build_index(
         layout.path(),
         "v1",
-        &[
-            ("amd64", three_layers()),
-            ("arm64", vec![LayerSpec::file("arch", "arm64")]),
-        ],
+        &[("amd64", three_layers()), ("arm64", vec![LayerSpec::file("arch", "arm64")])],
     );
     push_index(layout.path(), "v1", &format!("{}/ctr/img:v1", reg.addr()), None);
 
@@ -290,13 +236,7 @@ fn containerd_mirror_and_fallback_blocking() {
     let mirror = Registry::start();
     let layout = tempfile::tempdir().unwrap();
     let img = build_image(layout.path(), "v1", "amd64", &three_layers()[..1]);
-    push(
-        layout.path(),
-        "v1",
-        &format!("{}/m/img:v1", mirror.addr()),
-        Format::Oci,
-        None,
-    );
+    push(layout.path(), "v1", &format!("{}/m/img:v1", mirror.addr()), Format::Oci, None);
     let origin = Registry::start(); // empty: the "real" registry that must not be contacted
 
     let ctrd = Containerd::start();
@@ -309,12 +249,7 @@ fn containerd_mirror_and_fallback_blocking() {
     let ns = format!("ns={}", origin.addr().replace(':', "%3A"));
     let reqs = mirror.requests_since(pushed);
     assert!(reqs.len() >= 3, "{reqs:#?}");
-    assert!(
-        reqs.iter()
-            .filter(|r| r.path.starts_with("/v2/m/img/"))
-            .all(|r| r.path.contains(&ns)),
-        "{reqs:#?}"
-    );
+    assert!(reqs.iter().filter(|r| r.path.starts_with("/v2/m/img/")).all(|r| r.path.contains(&ns)), "{reqs:#?}");
     assert_eq!(mirror.count("GET", &format!("/blobs/{}", img.layer_digests[0])), 1);
     assert!(origin.requests().is_empty(), "{:#?}", origin.requests());
 

@@ -16,10 +16,7 @@ fn image(dir: &std::path::Path, tag: &str, seed: u64) -> BuiltImage {
         dir,
         tag,
         "amd64",
-        &[
-            LayerSpec::file("etc/id", format!("{seed}\n")),
-            LayerSpec::file("data.bin", random_bytes(100_000, seed)),
-        ],
+        &[LayerSpec::file("etc/id", format!("{seed}\n")), LayerSpec::file("data.bin", random_bytes(100_000, seed))],
     )
 }
 
@@ -32,27 +29,9 @@ fn previously_pulled_tags_keep_pulling_through_skopeo_and_containerd_when_the_or
     let mut upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "1", 1);
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/test/img:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/test/img:latest", upstream.addr()),
-        Format::Oci,
-        None,
-    );
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/test/never:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    push(&img.layout, "1", &format!("{}/test/img:latest", upstream.addr()), Format::Oci, None);
+    push(&img.layout, "1", &format!("{}/test/never:1", upstream.addr()), Format::Oci, None);
     // TTL 0: every tag request revalidates, so only stale-if-error can answer once the origin is gone.
     let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url()), "--tag-ttl", "0"]);
     let ctrd = Containerd::start();
@@ -79,11 +58,7 @@ fn previously_pulled_tags_keep_pulling_through_skopeo_and_containerd_when_the_or
     }
     let r = get_manifest(&cache, "/v2/one.test/test/img/manifests/1");
     assert_eq!(r.status, 200);
-    assert!(
-        r.header("warning").is_some_and(|w| w.starts_with("110")),
-        "{:?}",
-        r.headers
-    );
+    assert!(r.header("warning").is_some_and(|w| w.starts_with("110")), "{:?}", r.headers);
     assert!(
         cache.metric("ocicache_cache_requests_total{registry=\"one.test\",kind=\"manifest\",result=\"stale\"}") >= 4.0
     );
@@ -95,13 +70,9 @@ fn previously_pulled_tags_keep_pulling_through_skopeo_and_containerd_when_the_or
     assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
     assert!(v["errors"][0]["message"].as_str().unwrap().contains("one.test"), "{v}");
     let d = tempfile::tempdir().unwrap();
-    assert!(!skopeo_copy_to_dir(
-        &format!("docker://{}/one.test/test/never:1", cache.addr()),
-        d.path(),
-        &[]
-    )
-    .status
-    .success());
+    assert!(!skopeo_copy_to_dir(&format!("docker://{}/one.test/test/never:1", cache.addr()), d.path(), &[])
+        .status
+        .success());
 }
 
 #[test]
@@ -112,10 +83,7 @@ fn rate_limited_origin_is_not_asked_again_before_retry_after_and_stale_is_served
     origin.add_manifest("1.0", manifest, ACCEPT_OCI, Fault::None);
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url()), "--tag-ttl", "0"]);
     assert_eq!(get_manifest(&cache, "/v2/fake.test/app/manifests/1.0").status, 200);
-    assert_eq!(
-        cache.metric("ocicache_upstream_ratelimit_remaining{registry=\"fake.test\"}"),
-        76.0
-    );
+    assert_eq!(cache.metric("ocicache_upstream_ratelimit_remaining{registry=\"fake.test\"}"), 76.0);
 
     // Fault: the origin now answers 429 with Retry-After.
     let limited = Fault::Status(429, vec![("Retry-After".into(), "120".into())]);
@@ -135,11 +103,7 @@ fn rate_limited_origin_is_not_asked_again_before_retry_after_and_stale_is_served
     assert!(retry > 0 && retry <= 120);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
-    assert_eq!(
-        origin.requests().len(),
-        asked,
-        "the origin was asked again before Retry-After passed"
-    );
+    assert_eq!(origin.requests().len(), asked, "the origin was asked again before Retry-After passed");
 }
 
 #[test]
@@ -156,46 +120,23 @@ fn an_origin_answering_503_is_served_stale_and_its_error_passed_on_otherwise() {
     assert_eq!((r.status, r.body.as_slice()), (200, &manifest[..]));
     assert!(r.header("warning").is_some());
     let never = get_manifest(&cache, "/v2/fake.test/app/manifests/9.9");
-    assert_eq!(
-        never.status, 502,
-        "circuit open after the 503: a fast failure, not a new dial"
-    );
+    assert_eq!(never.status, 502, "circuit open after the 503: a fast failure, not a new dial");
 }
 
 #[test]
 fn a_moved_tag_is_seen_after_the_ttl_not_before_and_revalidation_is_a_head() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        image(dir.path(), "a", 10),
-        image(dir.path(), "b", 11),
-        image(dir.path(), "c", 12),
-    );
-    push(
-        &a.layout,
-        "a",
-        &format!("{}/test/img:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
+    let (a, b, c) = (image(dir.path(), "a", 10), image(dir.path(), "b", 11), image(dir.path(), "c", 12));
+    push(&a.layout, "a", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
     let up = format!("one.test={}", upstream.url());
     let cache_dir = tempfile::tempdir().unwrap();
     let path = "/v2/one.test/test/img/manifests/1";
 
     let mut long = Cache::start_in(cache_dir.path(), &["--upstream", &up, "--tag-ttl", "1h"]);
     assert_eq!(get_manifest(&long, path).body, a.manifest);
-    push(
-        &b.layout,
-        "b",
-        &format!("{}/test/img:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
-    assert_eq!(
-        get_manifest(&long, path).body,
-        a.manifest,
-        "moved tag served before its TTL passed"
-    );
+    push(&b.layout, "b", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    assert_eq!(get_manifest(&long, path).body, a.manifest, "moved tag served before its TTL passed");
     long.stop();
 
     // The same cache with the TTL passed (0): a HEAD finds the new digest, fetched by digest once.
@@ -205,35 +146,17 @@ fn a_moved_tag_is_seen_after_the_ttl_not_before_and_revalidation_is_a_head() {
     assert_eq!(get_manifest(&expired, path).body, b.manifest);
     let since = upstream.requests_since(mark);
     let by_tag: Vec<_> = since.iter().filter(|r| r.path.ends_with("/manifests/1")).collect();
-    assert!(
-        by_tag.iter().all(|r| r.method == "HEAD"),
-        "revalidation must be a HEAD: {by_tag:?}"
-    );
+    assert!(by_tag.iter().all(|r| r.method == "HEAD"), "revalidation must be a HEAD: {by_tag:?}");
     assert_eq!(by_tag.len(), 2);
-    assert_eq!(
-        since
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.contains(&b.manifest_digest))
-            .count(),
-        1
-    );
+    assert_eq!(since.iter().filter(|r| r.method == "GET" && r.path.contains(&b.manifest_digest)).count(), 1);
     assert!(expired.metric("ocicache_revalidations_total{registry=\"one.test\",outcome=\"changed\"}") == 1.0);
     assert!(expired.metric("ocicache_revalidations_total{registry=\"one.test\",outcome=\"unchanged\"}") == 1.0);
     expired.stop();
 
     // Immutable tags are never revalidated.
-    push(
-        &c.layout,
-        "c",
-        &format!("{}/test/img:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
+    push(&c.layout, "c", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
     let mark = upstream.mark();
-    let pinned = Cache::start_in(
-        cache_dir.path(),
-        &["--upstream", &up, "--tag-ttl", "0", "--immutable-tags", "^1$"],
-    );
+    let pinned = Cache::start_in(cache_dir.path(), &["--upstream", &up, "--tag-ttl", "0", "--immutable-tags", "^1$"]);
     assert_eq!(get_manifest(&pinned, path).body, b.manifest);
     assert!(upstream.requests_since(mark).is_empty());
 }
@@ -258,25 +181,10 @@ fn a_dead_endpoint_fails_over_and_is_not_dialled_again_within_the_backoff() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (image(dir.path(), "a", 20), image(dir.path(), "b", 21));
-    push(
-        &a.layout,
-        "a",
-        &format!("{}/test/a:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
-    push(
-        &b.layout,
-        "b",
-        &format!("{}/test/b:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
+    push(&a.layout, "a", &format!("{}/test/a:1", upstream.addr()), Format::Oci, None);
+    push(&b.layout, "b", &format!("{}/test/b:1", upstream.addr()), Format::Oci, None);
     let (dead, accepts) = broken_endpoint();
-    let cache = Cache::start(&[
-        "--upstream",
-        &format!("two.test=http://127.0.0.1:{dead},{}", upstream.url()),
-    ]);
+    let cache = Cache::start(&["--upstream", &format!("two.test=http://127.0.0.1:{dead},{}", upstream.url())]);
 
     let d = tempfile::tempdir().unwrap();
     assert_success(
@@ -290,11 +198,7 @@ fn a_dead_endpoint_fails_over_and_is_not_dialled_again_within_the_backoff() {
         &skopeo_copy_to_dir(&format!("docker://{}/two.test/test/b:1", cache.addr()), d.path(), &[]),
         "pull b",
     );
-    assert_eq!(
-        accepts.load(Ordering::SeqCst),
-        dialled,
-        "the dead endpoint was dialled again within its backoff"
-    );
+    assert_eq!(accepts.load(Ordering::SeqCst), dialled, "the dead endpoint was dialled again within its backoff");
     let ep = format!("ocicache_endpoint_circuit_open{{registry=\"two.test\",endpoint=\"http://127.0.0.1:{dead}/\"}}");
     assert_eq!(cache.metric(&ep), 1.0);
 }
@@ -304,30 +208,14 @@ fn offline_mode_serves_a_warm_cache_with_zero_upstream_requests() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "1", 30);
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/test/img:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
-    push(
-        &img.layout,
-        "1",
-        &format!("{}/test/cold:1", upstream.addr()),
-        Format::Oci,
-        None,
-    );
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    push(&img.layout, "1", &format!("{}/test/cold:1", upstream.addr()), Format::Oci, None);
     let up = format!("one.test={}", upstream.url());
     let cache_dir = tempfile::tempdir().unwrap();
     let mut online = Cache::start_in(cache_dir.path(), &["--upstream", &up]);
     let d = tempfile::tempdir().unwrap();
     assert_success(
-        &skopeo_copy_to_dir(
-            &format!("docker://{}/one.test/test/img:1", online.addr()),
-            d.path(),
-            &[],
-        ),
+        &skopeo_copy_to_dir(&format!("docker://{}/one.test/test/img:1", online.addr()), d.path(), &[]),
         "warm",
     );
     online.stop();
@@ -336,18 +224,11 @@ fn offline_mode_serves_a_warm_cache_with_zero_upstream_requests() {
     let offline = Cache::start_in(cache_dir.path(), &["--upstream", &up, "--offline", "--tag-ttl", "0"]);
     let d = tempfile::tempdir().unwrap();
     assert_success(
-        &skopeo_copy_to_dir(
-            &format!("docker://{}/one.test/test/img:1", offline.addr()),
-            d.path(),
-            &[],
-        ),
+        &skopeo_copy_to_dir(&format!("docker://{}/one.test/test/img:1", offline.addr()), d.path(), &[]),
         "offline pull",
     );
     let cold = get_manifest(&offline, "/v2/one.test/test/cold/manifests/1");
     assert!(cold.status >= 500);
     assert!(String::from_utf8_lossy(&cold.body).contains("offline"));
-    assert!(
-        upstream.requests_since(mark).is_empty(),
-        "offline mode contacted the origin"
-    );
+    assert!(upstream.requests_since(mark).is_empty(), "offline mode contacted the origin");
 }

@@ -26,14 +26,8 @@ pub struct AccessKey {
 
 impl AccessKey {
     pub fn new(auth: Option<&HeaderValue>, target: &Target, path: &str) -> Self {
-        let credential = auth
-            .map(|a| Digest::sha256_of(a.as_bytes()).hex().to_owned())
-            .unwrap_or_default();
-        AccessKey {
-            credential,
-            target: target.to_string(),
-            path: path.to_owned(),
-        }
+        let credential = auth.map(|a| Digest::sha256_of(a.as_bytes()).hex().to_owned()).unwrap_or_default();
+        AccessKey { credential, target: target.to_string(), path: path.to_owned() }
     }
 }
 
@@ -44,10 +38,7 @@ pub struct AccessCache {
 
 impl AccessCache {
     pub fn new(ttl: Duration) -> Self {
-        AccessCache {
-            ttl,
-            granted: Mutex::default(),
-        }
+        AccessCache { ttl, granted: Mutex::default() }
     }
 
     pub fn granted(&self, key: &AccessKey) -> bool {
@@ -75,10 +66,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn grants_are_per_credential_and_expire() {
-        let t = Target {
-            registry: RegistryName::parse("r.test").unwrap(),
-            repository: Repository::parse("a").unwrap(),
-        };
+        let t =
+            Target { registry: RegistryName::parse("r.test").unwrap(), repository: Repository::parse("a").unwrap() };
         let alice = HeaderValue::from_static("Basic YWxpY2U6cHc=");
         let cache = AccessCache::new(Duration::from_secs(60));
         let k = AccessKey::new(Some(&alice), &t, "blobs/x");

@@ -72,13 +72,8 @@ impl Cache {
             client_auth: client_auth.as_ref(),
             private_registry: self.policy.private_registries.contains(&target.registry),
         };
-        let answer = if head {
-            self.head_blob(&req).await?
-        } else {
-            self.get_blob(&req).await?
-        };
-        self.metrics
-            .cache_result(target.registry.as_str(), "blob", answer.result());
+        let answer = if head { self.head_blob(&req).await? } else { self.get_blob(&req).await? };
+        self.metrics.cache_result(target.registry.as_str(), "blob", answer.result());
         Ok(answer)
     }
 
@@ -86,28 +81,20 @@ impl Cache {
     async fn confirm_if_private(&self, req: &BlobRequest<'_>, private: bool) -> Result<(), Error> {
         if private || req.private_registry {
             let content = Some((ContentKind::Blob, req.digest));
-            self.check_access(req.target, Resource::Blob, req.path(), req.client_auth, content)
-                .await?;
+            self.check_access(req.target, Resource::Blob, req.path(), req.client_auth, content).await?;
         }
         Ok(())
     }
 
     async fn head_blob(&self, req: &BlobRequest<'_>) -> Result<BlobAnswer, Error> {
         if let Some(size) = self.store.blob_size(req.digest) {
-            self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest))
-                .await?;
-            return Ok(BlobAnswer::Head {
-                size: Some(size),
-                result: CacheResult::Hit,
-            });
+            self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest)).await?;
+            return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
         }
         if let Some(flight) = self.flights.get(req.digest) {
             if let Some(size) = flight.known_size() {
                 self.confirm_if_private(req, flight.is_private()).await?;
-                return Ok(BlobAnswer::Head {
-                    size: Some(size),
-                    result: CacheResult::Hit,
-                });
+                return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
             }
         }
         self.confirm_if_private(req, false).await?;
@@ -129,10 +116,7 @@ impl Cache {
             Err(e) => return Err(e),
         };
         let size = header_u64(resp.headers().get(CONTENT_LENGTH));
-        Ok(BlobAnswer::Head {
-            size,
-            result: CacheResult::Skip,
-        })
+        Ok(BlobAnswer::Head { size, result: CacheResult::Skip })
     }
 
     async fn get_blob(&self, req: &BlobRequest<'_>) -> Result<BlobAnswer, Error> {
@@ -140,20 +124,11 @@ impl Cache {
         // proves its own access before anything is served or fetched.
         self.confirm_if_private(req, false).await?;
         let label = req.target.registry.to_string();
-        let open = opener(
-            self.origin.clone(),
-            req.target.clone(),
-            req.digest.clone(),
-            Identity::Cache,
-        );
-        let flight = match self
-            .flights
-            .join_or_start(req.digest, &label, open, req.private_registry)?
-        {
+        let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), Identity::Cache);
+        let flight = match self.flights.join_or_start(req.digest, &label, open, req.private_registry)? {
             Joined::Stored { file, size } => {
                 if !req.private_registry {
-                    self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest))
-                        .await?;
+                    self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest)).await?;
                 }
                 return Ok(BlobAnswer::Stored { file, size });
             }
@@ -207,15 +182,9 @@ fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, identity: I
                 header_u64(resp.headers().get(CONTENT_LENGTH))
             } else {
                 if resp.status() != StatusCode::PARTIAL_CONTENT {
-                    return Err(bad(format!(
-                        "resuming at byte {offset}: the origin does not support ranges"
-                    )));
+                    return Err(bad(format!("resuming at byte {offset}: the origin does not support ranges")));
                 }
-                let range = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
+                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
                 let (start, total) =
                     parse_content_range(range).ok_or_else(|| bad(format!("bad Content-Range {range:?}")))?;
                 if start != offset {

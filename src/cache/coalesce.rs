@@ -17,9 +17,7 @@ pub struct Coalesce<K, V, E> {
 
 impl<K, V, E> Default for Coalesce<K, V, E> {
     fn default() -> Self {
-        Coalesce {
-            inflight: Arc::default(),
-        }
+        Coalesce { inflight: Arc::default() }
     }
 }
 

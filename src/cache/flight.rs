@@ -63,27 +63,22 @@ pub enum Joined {
 }
 
 pub struct Flights {
+    /// Bounds concurrent origin downloads (`--max-upstream-concurrency`); more wait their turn.
+    downloads: Arc<tokio::sync::Semaphore>,
     store: FsStore,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<Digest, Arc<Flight>>>,
 }
 
 impl Flights {
-    pub fn new(store: FsStore, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Flights {
-            store,
-            metrics,
-            inflight: Mutex::default(),
-        })
+    pub fn new(store: FsStore, metrics: Arc<Metrics>, max_downloads: usize) -> Arc<Self> {
+        let downloads = Arc::new(tokio::sync::Semaphore::new(max_downloads.max(1)));
+        Arc::new(Flights { downloads, store, metrics, inflight: Mutex::default() })
     }
 
     /// The in-flight download of `digest`, if one runs.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Flight>> {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-            .cloned()
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
     }
 
     /// Returns the stored blob, joins the running flight, or starts one with `opener`. The store and the
@@ -126,16 +121,12 @@ impl Flights {
         let reader = temp.file.try_clone()?;
         let (tx, rx) = watch::channel(Progress::Connecting);
         let private = !matches!(commit, Commit::Shared { private: false });
-        let flight = Arc::new(Flight {
-            digest: digest.clone(),
-            private,
-            file: Arc::new(reader),
-            progress: rx,
-        });
+        let flight = Arc::new(Flight { digest: digest.clone(), private, file: Arc::new(reader), progress: rx });
         let flights = self.clone();
         let digest = digest.clone();
         let origin = origin.to_owned();
         tokio::spawn(async move {
+            let _permit = flights.downloads.clone().acquire_owned().await;
             flights.metrics.inflight_downloads.inc();
             let result = download(&origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
             let result = result.and_then(|total| {
@@ -247,11 +238,7 @@ async fn download(
 }
 
 fn bad_body(origin: &str, digest: &Digest, detail: &str) -> Error {
-    Error::BadUpstreamBody {
-        origin: origin.to_owned(),
-        what: format!("blob {digest}"),
-        detail: detail.into(),
-    }
+    Error::BadUpstreamBody { origin: origin.to_owned(), what: format!("blob {digest}"), detail: detail.into() }
 }
 
 impl Flight {
@@ -274,9 +261,7 @@ impl Flight {
                 Progress::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() {
-                return Err(Arc::new(Error::from(io::Error::other(
-                    "download task ended without a result",
-                ))));
+                return Err(Arc::new(Error::from(io::Error::other("download task ended without a result"))));
             }
         }
     }

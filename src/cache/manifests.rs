@@ -80,12 +80,7 @@ struct HeadInfo {
 
 impl HeadInfo {
     fn answer(self, result: CacheResult) -> ManifestAnswer {
-        ManifestAnswer::Head {
-            digest: self.digest,
-            media_type: self.media_type,
-            size: self.size,
-            result,
-        }
+        ManifestAnswer::Head { digest: self.digest, media_type: self.media_type, size: self.size, result }
     }
 }
 
@@ -94,8 +89,7 @@ impl Cache {
         let registry = q.target.registry.as_str();
         if self.is_private_registry(q) {
             // Fetched with the operator's credentials: the client proves its own access first.
-            self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None)
-                .await?;
+            self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None).await?;
         }
         let answer = match &q.reference {
             Reference::Digest(d) => self.by_digest(q, d).await?,
@@ -113,23 +107,16 @@ impl Cache {
         if let Some(m) = self.store.manifest(d)? {
             if !self.is_private_registry(q) && self.store.is_private(ContentKind::Manifest, d) {
                 let content = Some((ContentKind::Manifest, d));
-                self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), content)
-                    .await?;
+                self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), content).await?;
             }
-            return Ok(ManifestAnswer::Full {
-                manifest: m,
-                result: CacheResult::Hit,
-            });
+            return Ok(ManifestAnswer::Full { manifest: m, result: CacheResult::Hit });
         }
         if q.head {
             let (info, _) = (self.head_upstream(q, Identity::Cache).await?, ());
             return Ok(info.answer(CacheResult::Skip));
         }
         let (manifest, _) = self.fetch(q, Some(d.clone()), false).await?;
-        Ok(ManifestAnswer::Full {
-            manifest,
-            result: CacheResult::Miss,
-        })
+        Ok(ManifestAnswer::Full { manifest, result: CacheResult::Miss })
     }
 
     /// A manifest by tag: fresh cached answers are served as they are; stale ones are revalidated with
@@ -139,8 +126,7 @@ impl Cache {
         let decision = self.policy.decide(&q.target.registry, tag);
         if let Some(entry) = self.pick_entry(q, tag)? {
             let identity = if entry.private {
-                self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None)
-                    .await?;
+                self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None).await?;
                 Identity::Client(q.client_auth.clone())
             } else {
                 Identity::Cache
@@ -188,12 +174,7 @@ impl Cache {
         };
         let registry = q.target.registry.as_str();
         match self.head_upstream(q, identity).await {
-            Ok(HeadInfo {
-                digest: Some(d),
-                media_type,
-                size,
-                public,
-            }) => {
+            Ok(HeadInfo { digest: Some(d), media_type, size, public }) => {
                 let private = !public || self.is_private_registry(q);
                 let unchanged = d.to_string() == entry.digest;
                 self.metrics.revalidation(registry, !unchanged);
@@ -206,29 +187,18 @@ impl Cache {
                     if let Some(size) = size {
                         self.remember_tag(q, &d, &media_type, size, private);
                     }
-                    return Ok(ManifestAnswer::Head {
-                        digest: Some(d),
-                        media_type,
-                        size,
-                        result: changed_result,
-                    });
+                    return Ok(ManifestAnswer::Head { digest: Some(d), media_type, size, result: changed_result });
                 }
                 let (manifest, fetched_public) = self.fetch(&q.for_digest(&d), Some(d.clone()), false).await?;
                 let private = !fetched_public || self.is_private_registry(q);
                 self.remember_tag(q, &d, &manifest.media_type, manifest.bytes.len() as u64, private);
-                Ok(ManifestAnswer::Full {
-                    manifest,
-                    result: changed_result,
-                })
+                Ok(ManifestAnswer::Full { manifest, result: changed_result })
             }
             // The origin's HEAD gave no digest: ask with a GET instead.
             Ok(info) if q.head => Ok(info.answer(changed_result)),
             Ok(_) => {
                 let (manifest, _) = self.fetch(q, None, true).await?;
-                Ok(ManifestAnswer::Full {
-                    manifest,
-                    result: changed_result,
-                })
+                Ok(ManifestAnswer::Full { manifest, result: changed_result })
             }
             Err(e) if e.is_origin_failure() => {
                 tracing::warn!(
@@ -276,10 +246,7 @@ impl Cache {
                 fetched_at: now_secs(),
                 private,
             };
-            if let Err(e) = self
-                .store
-                .put_tag(&q.target.registry, &q.target.repository, tag, &entry)
-            {
+            if let Err(e) = self.store.put_tag(&q.target.registry, &q.target.repository, tag, &entry) {
                 tracing::warn!(target = %q.target, %tag, error = %e, "could not store tag");
             }
         }
@@ -315,15 +282,7 @@ impl Cache {
             Err(e) if e.wants_client_credentials() && q.client_auth.is_some() => {
                 let identity = Identity::Client(q.client_auth.clone());
                 let accept = q.accept.header_value();
-                let m = fetch_once(
-                    &self.origin,
-                    &q.target,
-                    &q.reference,
-                    &accept,
-                    expected.as_ref(),
-                    identity,
-                )
-                .await?;
+                let m = fetch_once(&self.origin, &q.target, &q.reference, &accept, expected.as_ref(), identity).await?;
                 keep(&self.store, &q.target, &q.reference, &m, true, remember_tag);
                 // The client just proved access to this manifest.
                 let key = super::access::AccessKey::new(q.client_auth.as_ref(), &q.target, &q.path());
@@ -357,14 +316,9 @@ impl Cache {
             Err(e) => return Err(e),
         };
         let h = resp.headers();
-        let digest: Option<Digest> = h
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let size = h
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let digest: Option<Digest> =
+            h.get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let size = h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let media_type = media_type_of(h.get(CONTENT_TYPE), &[]);
         if let (Reference::Digest(want), Some(got)) = (&q.reference, &digest) {
             if want != got {
@@ -376,12 +330,7 @@ impl Cache {
                 });
             }
         }
-        Ok(HeadInfo {
-            digest,
-            media_type,
-            size,
-            public,
-        })
+        Ok(HeadInfo { digest, media_type, size, public })
     }
 }
 
@@ -445,11 +394,8 @@ async fn fetch_once(
         return Err(too_large());
     }
     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
-    let header_digest: Option<Digest> = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let header_digest: Option<Digest> =
+        resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let mut body = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -479,11 +425,7 @@ async fn fetch_once(
         return Err(mismatch(&digest));
     }
     let media_type = media_type_of(content_type.as_ref(), &bytes);
-    Ok(StoredManifest {
-        digest,
-        media_type,
-        bytes,
-    })
+    Ok(StoredManifest { digest, media_type, bytes })
 }
 
 /// The manifest's media type: the origin's Content-Type, else the `mediaType` inside, else OCI.

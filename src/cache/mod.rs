@@ -50,9 +50,10 @@ impl Cache {
         origin: OriginClient,
         policy: TagPolicy,
         auth_cache_ttl: Duration,
+        max_downloads: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let flights = Flights::new(store.clone(), metrics.clone());
+        let flights = Flights::new(store.clone(), metrics.clone(), max_downloads);
         Cache {
             access: AccessCache::new(auth_cache_ttl),
             store,

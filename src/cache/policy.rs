@@ -89,32 +89,20 @@ mod tests {
         assert!(!p.is_fresh(&tag("3.20"), 1000, 1300));
         assert!(p.is_fresh(&tag("v1.2.3"), 0, 10_000_000));
         assert!(!p.is_fresh(&tag("v1.2"), 0, 10_000_000));
-        let always = TagPolicy {
-            tag_ttl: Duration::ZERO,
-            ..TagPolicy::default()
-        };
+        let always = TagPolicy { tag_ttl: Duration::ZERO, ..TagPolicy::default() };
         assert!(!always.is_fresh(&tag("1"), 1000, 1000));
     }
 
     #[test]
     fn skip_rules_match_the_go_tool() {
         let r = RegistryName::parse("docker.io").unwrap();
-        let p = TagPolicy {
-            skip_tags: Some(Regex::new("latest").unwrap()),
-            ..TagPolicy::default()
-        };
+        let p = TagPolicy { skip_tags: Some(Regex::new("latest").unwrap()), ..TagPolicy::default() };
         assert_eq!(p.decide(&r, &tag("latest")), TagDecision::Skip);
         assert_eq!(p.decide(&r, &tag("latest-alpine")), TagDecision::Skip);
         assert_eq!(p.decide(&r, &tag("1.0")), TagDecision::Cache);
-        let off = TagPolicy {
-            cache_manifests: false,
-            ..TagPolicy::default()
-        };
+        let off = TagPolicy { cache_manifests: false, ..TagPolicy::default() };
         assert_eq!(off.decide(&r, &tag("1.0")), TagDecision::Skip);
-        let private = TagPolicy {
-            private_registries: vec![r.clone()],
-            ..TagPolicy::default()
-        };
+        let private = TagPolicy { private_registries: vec![r.clone()], ..TagPolicy::default() };
         assert_eq!(private.decide(&r, &tag("1.0")), TagDecision::Skip);
         assert!(!private.may_store_manifests(&r));
     }

@@ -25,11 +25,7 @@ impl AcceptList {
     }
 
     pub fn accepts(&self, media_type: &str) -> bool {
-        self.types.is_empty()
-            || self
-                .types
-                .iter()
-                .any(|t| t == "*/*" || t.eq_ignore_ascii_case(media_type))
+        self.types.is_empty() || self.types.iter().any(|t| t == "*/*" || t.eq_ignore_ascii_case(media_type))
     }
 
     /// The value to send upstream: what the client asked for, or every manifest type we understand.

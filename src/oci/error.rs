@@ -71,10 +71,7 @@ pub struct OciError {
 
 impl OciError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        OciError {
-            code,
-            message: message.into(),
-        }
+        OciError { code, message: message.into() }
     }
 
     /// `{"errors":[{"code":...,"message":...}]}`, the only error body ocicache ever sends.
@@ -88,12 +85,7 @@ impl OciError {
         struct Body<'a> {
             errors: [Item<'a>; 1],
         }
-        serde_json::to_string(&Body {
-            errors: [Item {
-                code: self.code.as_str(),
-                message: &self.message,
-            }],
-        })
-        .unwrap_or_else(|_| String::from("{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"\"}]}"))
+        serde_json::to_string(&Body { errors: [Item { code: self.code.as_str(), message: &self.message }] })
+            .unwrap_or_else(|_| String::from("{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"\"}]}"))
     }
 }

@@ -20,12 +20,7 @@ pub struct RegistryName(String);
 
 impl RegistryName {
     pub fn parse(s: &str) -> Result<Self, OciError> {
-        let invalid = || {
-            OciError::new(
-                ErrorCode::NameInvalid,
-                format!("invalid registry name {:?}", truncate(s)),
-            )
-        };
+        let invalid = || OciError::new(ErrorCode::NameInvalid, format!("invalid registry name {:?}", truncate(s)));
         if s.is_empty() || s.len() > 255 {
             return Err(invalid());
         }
@@ -118,12 +113,7 @@ pub struct Repository(String);
 
 impl Repository {
     pub fn parse(s: &str) -> Result<Self, OciError> {
-        let invalid = || {
-            OciError::new(
-                ErrorCode::NameInvalid,
-                format!("invalid repository name {:?}", truncate(s)),
-            )
-        };
+        let invalid = || OciError::new(ErrorCode::NameInvalid, format!("invalid repository name {:?}", truncate(s)));
         if s.is_empty() || s.len() > MAX_REPOSITORY_LEN {
             return Err(invalid());
         }
@@ -198,10 +188,7 @@ impl Tag {
         if ok {
             Ok(Tag(s.to_owned()))
         } else {
-            Err(OciError::new(
-                ErrorCode::TagInvalid,
-                format!("invalid tag {:?}", truncate(s)),
-            ))
+            Err(OciError::new(ErrorCode::TagInvalid, format!("invalid tag {:?}", truncate(s))))
         }
     }
 

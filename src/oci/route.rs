@@ -86,10 +86,7 @@ pub fn parse(path: &str, ns: Option<&str>, default_registry: &RegistryName) -> R
     if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
         return Err(OciError::new(
             ErrorCode::NameInvalid,
-            format!(
-                "empty, `.` or `..` path segments are not allowed in {:?}",
-                truncate(path)
-            ),
+            format!("empty, `.` or `..` path segments are not allowed in {:?}", truncate(path)),
         ));
     }
     if segments.len() < 3 {
@@ -115,18 +112,12 @@ pub fn parse(path: &str, ns: Option<&str>, default_registry: &RegistryName) -> R
     if registry.is_docker_hub() {
         repository = repository.with_library_prefix();
     }
-    Ok(Route::Api {
-        target: Target { registry, repository },
-        kind,
-    })
+    Ok(Route::Api { target: Target { registry, repository }, kind })
 }
 
 fn unsupported(path: &str) -> OciError {
     OciError::new(
         ErrorCode::Unsupported,
-        format!(
-            "{:?} is not part of the pull API; ocicache is a read-only pull-through cache",
-            truncate(path)
-        ),
+        format!("{:?} is not part of the pull API; ocicache is a read-only pull-through cache", truncate(path)),
     )
 }

@@ -27,10 +27,7 @@ fn digest_accepts_only_known_algorithms_and_exact_hex() {
 #[test]
 fn hasher_matches_known_sha256() {
     let d = Digest::sha256_of(b"");
-    assert_eq!(
-        d.to_string(),
-        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    );
+    assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     assert!(d.matches(b""));
     assert!(!d.matches(b"x"));
 }
@@ -40,25 +37,8 @@ fn repository_grammar() {
     for ok in ["a", "library/alpine", "a-b/c__d/e.f", "x--y", "0/1/2"] {
         assert!(Repository::parse(ok).is_ok(), "{ok}");
     }
-    for bad in [
-        "",
-        "..",
-        "a/../b",
-        "A",
-        "a//b",
-        "/a",
-        "a/",
-        "-a",
-        "a_",
-        "a___b",
-        "a\0b",
-        &"a".repeat(256),
-    ] {
-        assert_eq!(
-            Repository::parse(bad).unwrap_err().code,
-            ErrorCode::NameInvalid,
-            "{bad:?}"
-        );
+    for bad in ["", "..", "a/../b", "A", "a//b", "/a", "a/", "-a", "a_", "a___b", "a\0b", &"a".repeat(256)] {
+        assert_eq!(Repository::parse(bad).unwrap_err().code, ErrorCode::NameInvalid, "{bad:?}");
     }
 }
 
@@ -114,10 +94,7 @@ fn path_routing_uses_a_host_like_first_segment() {
     assert_eq!(t.registry.as_str(), "localhost");
     // Neither ns nor host: the default registry, with library/ for Docker Hub.
     let (t, _) = api("/v2/busybox/manifests/latest", None);
-    assert_eq!(
-        (t.registry.as_str(), t.repository.as_str()),
-        ("docker.io", "library/busybox")
-    );
+    assert_eq!((t.registry.as_str(), t.repository.as_str()), ("docker.io", "library/busybox"));
     let (t, _) = api("/v2/org/app/manifests/latest", None);
     assert_eq!(t.repository.as_str(), "org/app");
     // A single host-like segment is a repository name, not a registry.
@@ -156,14 +133,8 @@ fn base_and_bad_paths() {
 fn accept_list_matching() {
     let mut h = http::HeaderMap::new();
     assert!(AcceptList::from_headers(&h).accepts("anything"));
-    h.append(
-        http::header::ACCEPT,
-        "application/vnd.oci.image.manifest.v1+json; q=0.5".parse().unwrap(),
-    );
-    h.append(
-        http::header::ACCEPT,
-        "application/vnd.docker.distribution.manifest.v2+json".parse().unwrap(),
-    );
+    h.append(http::header::ACCEPT, "application/vnd.oci.image.manifest.v1+json; q=0.5".parse().unwrap());
+    h.append(http::header::ACCEPT, "application/vnd.docker.distribution.manifest.v2+json".parse().unwrap());
     let a = AcceptList::from_headers(&h);
     assert!(a.accepts(accept::OCI_MANIFEST));
     assert!(a.accepts(accept::DOCKER_MANIFEST));

@@ -32,13 +32,9 @@ struct Loaded {
 impl Htpasswd {
     /// Loads the file; a missing or unreadable file is a start-up error.
     pub fn open(path: &Path) -> Result<Arc<Self>, String> {
-        let h = Htpasswd {
-            path: path.to_path_buf(),
-            state: Mutex::default(),
-        };
+        let h = Htpasswd { path: path.to_path_buf(), state: Mutex::default() };
         let mut state = h.state.lock().unwrap_or_else(|p| p.into_inner());
-        h.reload(&mut state)
-            .map_err(|e| format!("--htpasswd {}: {e}", path.display()))?;
+        h.reload(&mut state).map_err(|e| format!("--htpasswd {}: {e}", path.display()))?;
         drop(state);
         Ok(Arc::new(h))
     }
@@ -63,12 +59,7 @@ impl Htpasswd {
             tracing::warn!(path = %self.path.display(), "htpasswd file has no bcrypt entries (use htpasswd -B)");
         }
         tracing::info!(path = %self.path.display(), users = users.len(), "loaded htpasswd");
-        *state = Loaded {
-            stamp: Some(stamp),
-            checked: state.checked,
-            users,
-            verified: HashSet::new(),
-        };
+        *state = Loaded { stamp: Some(stamp), checked: state.checked, users, verified: HashSet::new() };
         Ok(())
     }
 
@@ -98,11 +89,7 @@ impl Htpasswd {
             .await
             .unwrap_or(false);
         if ok {
-            self.state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .verified
-                .insert(fingerprint);
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).verified.insert(fingerprint);
         }
         ok
     }
@@ -139,10 +126,7 @@ mod tests {
         assert!(h.verify(Some(&basic("alice", "pw"))).await);
         assert!(h.verify(Some(&basic("alice", "pw"))).await, "cached");
         assert!(!h.verify(Some(&basic("alice", "nope"))).await);
-        assert!(
-            !h.verify(Some(&basic("plain", "nothashed"))).await,
-            "only bcrypt entries count"
-        );
+        assert!(!h.verify(Some(&basic("plain", "nothashed"))).await, "only bcrypt entries count");
         assert!(!h.verify(None).await);
         assert!(!h.verify(Some(&HeaderValue::from_static("Bearer x"))).await);
 

@@ -4,6 +4,7 @@
 pub mod auth;
 mod range;
 mod response;
+pub mod tls;
 mod v2;
 
 #[cfg(test)]
@@ -48,7 +49,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .fallback(response::not_found)
+        .layer(middleware::from_fn(limits))
         .with_state(state)
+}
+
+/// Longest request target accepted; distribution names are at most 255 characters.
+const MAX_URI: usize = 8 * 1024;
+/// Most header bytes accepted in one request.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuses oversized requests with an OCI error before any work is done.
+async fn limits(req: Request, next: Next) -> Response {
+    let head = req.method() == http::Method::HEAD;
+    let uri_len = req.uri().path().len() + req.uri().query().map_or(0, str::len);
+    if uri_len > MAX_URI {
+        let e = OciError::new(ErrorCode::NameInvalid, format!("request target longer than {MAX_URI} bytes"));
+        let mut resp = response::error(&crate::Error::Request(e), head);
+        *resp.status_mut() = http::StatusCode::URI_TOO_LONG;
+        return resp;
+    }
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let e = OciError::new(ErrorCode::Unsupported, format!("request headers larger than {MAX_HEADER_BYTES} bytes"));
+        let mut resp = response::error(&crate::Error::Request(e), head);
+        *resp.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return resp;
+    }
+    next.run(req).await
 }
 
 /// With `--htpasswd`, answers 401 with a Basic challenge unless the request carries valid credentials.
@@ -64,19 +91,10 @@ async fn require_auth(State(state): State<Arc<AppState>>, req: Request, next: Ne
         &crate::Error::Request(OciError::new(ErrorCode::Unauthorized, "authentication required")),
         head,
     );
-    resp.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        http::HeaderValue::from_static("Basic realm=\"ocicache\""),
-    );
+    resp.headers_mut().insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"ocicache\""));
     resp
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
 }

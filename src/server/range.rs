@@ -36,10 +36,7 @@ pub fn parse(header: Option<&str>, size: u64) -> RangeRequest {
         if n == 0 {
             return RangeRequest::Unsatisfiable;
         }
-        ByteRange {
-            start: size.saturating_sub(n),
-            end: size,
-        }
+        ByteRange { start: size.saturating_sub(n), end: size }
     } else {
         let Ok(start) = a.parse::<u64>() else {
             return RangeRequest::Full;

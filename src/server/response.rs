@@ -24,15 +24,11 @@ pub fn error(e: &Error, head: bool) -> Response {
         resp = resp.header(k, v);
     }
     let body = if head { Body::empty() } else { Body::from(body) };
-    resp.body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    resp.body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 pub async fn not_found() -> Response {
-    error(
-        &Error::Request(OciError::new(ErrorCode::Unsupported, "no such endpoint")),
-        false,
-    )
+    error(&Error::Request(OciError::new(ErrorCode::Unsupported, "no such endpoint")), false)
 }
 
 pub fn header(v: impl AsRef<str>) -> HeaderValue {

@@ -85,19 +85,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri
 
 /// containerd's `?ns=<registry>`; the only query parameter ocicache reads on manifests and blobs.
 fn ns_param(query: Option<&str>) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "ns")
-        .map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned())
 }
 
 fn base() -> Response {
-    (
-        [
-            (CONTENT_TYPE, "application/json"),
-            (API_VERSION.parse().unwrap_or(CONTENT_TYPE), "registry/2.0"),
-        ],
-        "{}",
-    )
+    ([(CONTENT_TYPE, "application/json"), (API_VERSION.parse().unwrap_or(CONTENT_TYPE), "registry/2.0")], "{}")
         .into_response()
 }
 
@@ -112,11 +104,7 @@ async fn api(
     query: Option<&str>,
 ) -> Result<Answer, Error> {
     // With --htpasswd the client's credentials are the cache's, not an origin's.
-    let client_auth = if state.htpasswd.is_some() {
-        None
-    } else {
-        headers.get(AUTHORIZATION).cloned()
-    };
+    let client_auth = if state.htpasswd.is_some() { None } else { headers.get(AUTHORIZATION).cloned() };
     match kind {
         RouteKind::Manifest(reference) => {
             let q = ManifestQuery {
@@ -130,10 +118,8 @@ async fn api(
             let result = answer.result();
             let mut resp = manifest_response(answer, head, &q.reference);
             if result == CacheResult::Stale {
-                resp.headers_mut().insert(
-                    http::header::WARNING,
-                    http::HeaderValue::from_static("110 - \"Response is Stale\""),
-                );
+                resp.headers_mut()
+                    .insert(http::header::WARNING, http::HeaderValue::from_static("110 - \"Response is Stale\""));
             }
             Ok((resp, Some(result)))
         }
@@ -148,9 +134,7 @@ async fn api(
 }
 
 fn manifest_response(answer: ManifestAnswer, head: bool, reference: &Reference) -> Response {
-    let mut b = Response::builder()
-        .status(StatusCode::OK)
-        .header(API_VERSION, "registry/2.0");
+    let mut b = Response::builder().status(StatusCode::OK).header(API_VERSION, "registry/2.0");
     match answer {
         ManifestAnswer::Full { manifest, .. } => {
             b = b
@@ -158,27 +142,16 @@ fn manifest_response(answer: ManifestAnswer, head: bool, reference: &Reference) 
                 .header(CONTENT_LENGTH, manifest.bytes.len())
                 .header(CONTENT_DIGEST, header(manifest.digest.to_string()))
                 .header(ETAG, header(format!("\"{}\"", manifest.digest)));
-            let body = if head {
-                Body::empty()
-            } else {
-                Body::from(manifest.bytes)
-            };
+            let body = if head { Body::empty() } else { Body::from(manifest.bytes) };
             b.body(body)
         }
-        ManifestAnswer::Head {
-            digest,
-            media_type,
-            size,
-            ..
-        } => {
+        ManifestAnswer::Head { digest, media_type, size, .. } => {
             b = b.header(CONTENT_TYPE, header(&media_type));
             if let Some(d) = digest.or(match reference {
                 Reference::Digest(d) => Some(d.clone()),
                 Reference::Tag(_) => None,
             }) {
-                b = b
-                    .header(CONTENT_DIGEST, header(d.to_string()))
-                    .header(ETAG, header(format!("\"{d}\"")));
+                b = b.header(CONTENT_DIGEST, header(d.to_string())).header(ETAG, header(format!("\"{d}\"")));
             }
             if let Some(s) = size {
                 b = b.header(CONTENT_LENGTH, s);
@@ -216,13 +189,7 @@ fn blob_response(
             }
         },
         // Unknown length (the origin sent none): the whole body, chunked.
-        None => (
-            StatusCode::OK,
-            range::ByteRange {
-                start: 0,
-                end: u64::MAX,
-            },
-        ),
+        None => (StatusCode::OK, range::ByteRange { start: 0, end: u64::MAX }),
     };
     let mut b = base.status(status);
     if let Some(size) = size {
@@ -232,9 +199,7 @@ fn blob_response(
         }
     }
     if head {
-        return Ok(b
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+        return Ok(b.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     }
     let body = match answer {
         BlobAnswer::Stored { file, .. } => {
@@ -250,8 +215,7 @@ fn blob_response(
         }
         BlobAnswer::Head { .. } => Body::empty(),
     };
-    Ok(b.body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+    Ok(b.body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 /// Tag lists are passed through from the origin (they change too often to be worth caching).
@@ -273,11 +237,7 @@ async fn tags(
     let mut path = String::from("tags/list");
     if !forwarded.is_empty() {
         path.push('?');
-        path.push_str(
-            &url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(forwarded)
-                .finish(),
-        );
+        path.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(forwarded).finish());
     }
     let mut req = OriginRequest {
         target,
@@ -296,9 +256,7 @@ async fn tags(
         }
         Err(e) => return Err(e),
     };
-    let mut b = Response::builder()
-        .status(resp.status())
-        .header(API_VERSION, "registry/2.0");
+    let mut b = Response::builder().status(resp.status()).header(API_VERSION, "registry/2.0");
     for name in [CONTENT_TYPE, LINK] {
         if let Some(v) = resp.headers().get(&name) {
             b = b.header(name, v.clone());
@@ -309,8 +267,7 @@ async fn tags(
     } else {
         Body::from_stream(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other)))
     };
-    Ok(b.body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+    Ok(b.body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 /// Counts a request as in progress until it is answered or the client goes away.

@@ -57,9 +57,7 @@ impl FsStore {
         for dir in ["blobs", "manifests", "tags", "private", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        let store = FsStore {
-            root: root.to_path_buf(),
-        };
+        let store = FsStore { root: root.to_path_buf() };
         store.remove_stale_temp_files();
         Ok(store)
     }
@@ -85,11 +83,7 @@ impl FsStore {
     }
 
     fn content_path(&self, kind: &str, d: &Digest) -> PathBuf {
-        self.root
-            .join(kind)
-            .join(d.algorithm().as_str())
-            .join(&d.hex()[..2])
-            .join(d.hex())
+        self.root.join(kind).join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -98,10 +92,7 @@ impl FsStore {
 
     /// The size of a committed blob, if present.
     pub fn blob_size(&self, d: &Digest) -> Option<u64> {
-        fs::metadata(self.blob_path(d))
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
+        fs::metadata(self.blob_path(d)).ok().filter(|m| m.is_file()).map(|m| m.len())
     }
 
     /// Opens a committed blob for reading.
@@ -118,15 +109,8 @@ impl FsStore {
 
     /// A new, uniquely named file in `tmp/`, opened for reading and writing.
     pub fn temp_file(&self) -> io::Result<TempFile> {
-        let path = self
-            .root
-            .join("tmp")
-            .join(format!("fill-{}-{:016x}", std::process::id(), rand::random::<u64>()));
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let path = self.root.join("tmp").join(format!("fill-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         Ok(TempFile { path, file })
     }
 
@@ -143,18 +127,11 @@ impl FsStore {
             Err(e) => return Err(e),
         };
         let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("manifest {d} has no media type line"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("manifest {d} has no media type line")));
         };
         let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
         let bytes = Bytes::from(raw).slice(nl + 1..);
-        Ok(Some(StoredManifest {
-            digest: d.clone(),
-            media_type,
-            bytes,
-        }))
+        Ok(Some(StoredManifest { digest: d.clone(), media_type, bytes }))
     }
 
     /// Stores manifest bytes under their digest. The caller has verified `d` against `bytes`.
@@ -170,11 +147,7 @@ impl FsStore {
     }
 
     fn private_marker(&self, kind: ContentKind, d: &Digest) -> PathBuf {
-        self.root
-            .join("private")
-            .join(kind.dir())
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.root.join("private").join(kind.dir()).join(d.algorithm().as_str()).join(d.hex())
     }
 
     /// Whether content was fetched with a client's own credentials (or from a private registry) and
@@ -196,13 +169,9 @@ impl FsStore {
         }
     }
 
-    fn tag_dir(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> PathBuf {
-        self.root
-            .join("tags")
-            .join(registry.as_str())
-            .join(repo.as_str())
-            .join("_tags")
-            .join(tag.as_str())
+    /// The directory holding a tag's entries.
+    pub fn tag_dir(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> PathBuf {
+        self.root.join("tags").join(registry.as_str()).join(repo.as_str()).join("_tags").join(tag.as_str())
     }
 
     /// Every media type's entry for a tag.
@@ -230,20 +199,14 @@ impl FsStore {
         if !valid_media_type(&entry.media_type) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
         }
-        let path = self
-            .tag_dir(registry, repo, tag)
-            .join(format!("{}.json", hex::encode(&entry.media_type)));
+        let path = self.tag_dir(registry, repo, tag).join(format!("{}.json", hex::encode(&entry.media_type)));
         let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
         self.write_atomic(&path, &json)
     }
 
     fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<()> {
         let mut tmp = self.temp_file()?;
-        let result = tmp
-            .file
-            .write_all(content)
-            .and_then(|_| tmp.file.sync_all())
-            .and_then(|_| place(&tmp.path, dest));
+        let result = tmp.file.write_all(content).and_then(|_| tmp.file.sync_all()).and_then(|_| place(&tmp.path, dest));
         if result.is_err() {
             let _ = fs::remove_file(&tmp.path);
         }
@@ -253,9 +216,7 @@ impl FsStore {
 
 /// Renames `temp` to `dest` (creating parents) and fsyncs the directory so the rename survives a crash.
 fn place(temp: &Path, dest: &Path) -> io::Result<()> {
-    let parent = dest
-        .parent()
-        .ok_or_else(|| io::Error::other("destination has no parent"))?;
+    let parent = dest.parent().ok_or_else(|| io::Error::other("destination has no parent"))?;
     fs::create_dir_all(parent)?;
     fs::rename(temp, dest)?;
     File::open(parent)?.sync_all()
@@ -271,8 +232,5 @@ pub fn valid_media_type(m: &str) -> bool {
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -21,9 +21,7 @@ fn manifests_keep_bytes_and_media_type() {
     let store = FsStore::open(dir.path()).unwrap();
     let body = b"{\"schemaVersion\":2}\n\nx";
     let d = Digest::sha256_of(body);
-    store
-        .put_manifest(&d, "application/vnd.oci.image.manifest.v1+json", body)
-        .unwrap();
+    store.put_manifest(&d, "application/vnd.oci.image.manifest.v1+json", body).unwrap();
     let m = store.manifest(&d).unwrap().unwrap();
     assert_eq!(&m.bytes[..], body);
     assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
@@ -34,11 +32,8 @@ fn manifests_keep_bytes_and_media_type() {
 fn tags_have_one_entry_per_media_type() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
-    let (r, repo, tag) = (
-        RegistryName::parse("127.0.0.1:5000").unwrap(),
-        Repository::parse("a/b").unwrap(),
-        Tag::parse("1").unwrap(),
-    );
+    let (r, repo, tag) =
+        (RegistryName::parse("127.0.0.1:5000").unwrap(), Repository::parse("a/b").unwrap(), Tag::parse("1").unwrap());
     assert!(store.tag_entries(&r, &repo, &tag).unwrap().is_empty());
     let e1 = TagEntry {
         digest: "sha256:aa".into(),
@@ -56,10 +51,7 @@ fn tags_have_one_entry_per_media_type() {
     };
     store.put_tag(&r, &repo, &tag, &e1).unwrap();
     store.put_tag(&r, &repo, &tag, &e2).unwrap();
-    let e1b = TagEntry {
-        digest: "sha256:cc".into(),
-        ..e1.clone()
-    };
+    let e1b = TagEntry { digest: "sha256:cc".into(), ..e1.clone() };
     store.put_tag(&r, &repo, &tag, &e1b).unwrap();
     let mut got = store.tag_entries(&r, &repo, &tag).unwrap();
     got.sort_by(|a, b| a.media_type.cmp(&b.media_type));

@@ -15,11 +15,7 @@ use super::creds::Credential;
 /// A parsed `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
     Basic,
     Other,
 }
@@ -175,10 +171,7 @@ impl TokenCache {
     pub async fn cached(&self, key: &TokenKey) -> Option<String> {
         let slot = self.slot(key);
         let guard = slot.lock().await;
-        guard
-            .as_ref()
-            .filter(|t| t.expires > Instant::now())
-            .map(|t| t.value.clone())
+        guard.as_ref().filter(|t| t.expires > Instant::now()).map(|t| t.value.clone())
     }
 
     /// A fresh token for `key` from `realm`. `rejected` is a token the origin just refused: it is not
@@ -189,13 +182,7 @@ impl TokenCache {
         key: &TokenKey,
         r: &TokenRequest<'_>,
     ) -> Result<String, TokenError> {
-        let TokenRequest {
-            realm: challenge_realm,
-            service,
-            scope,
-            credential,
-            rejected,
-        } = *r;
+        let TokenRequest { realm: challenge_realm, service, scope, credential, rejected } = *r;
         let slot = self.slot(key);
         let mut guard = slot.lock().await;
         if let Some(t) = guard.as_ref() {
@@ -203,10 +190,7 @@ impl TokenCache {
                 return Ok(t.value.clone());
             }
         }
-        let failed = |reason: String| TokenError::Failed {
-            realm: challenge_realm.to_owned(),
-            reason,
-        };
+        let failed = |reason: String| TokenError::Failed { realm: challenge_realm.to_owned(), reason };
         let mut url = Url::parse(challenge_realm).map_err(|e| failed(format!("bad realm URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(failed("realm is not an http(s) URL".into()));
@@ -222,34 +206,22 @@ impl TokenCache {
         if let Some(c) = credential {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| failed(crate::upstream::client::describe(&e)))?;
+        let resp = req.send().await.map_err(|e| failed(crate::upstream::client::describe(&e)))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(TokenError::Denied {
-                realm: challenge_realm.to_owned(),
-                status: status.as_u16(),
-            });
+            return Err(TokenError::Denied { realm: challenge_realm.to_owned(), status: status.as_u16() });
         }
         if !status.is_success() {
             return Err(failed(format!("status {status}")));
         }
-        let body: TokenResponse = resp
-            .json()
-            .await
-            .map_err(|e| failed(format!("bad token response: {e}")))?;
+        let body: TokenResponse = resp.json().await.map_err(|e| failed(format!("bad token response: {e}")))?;
         let value = body
             .token
             .filter(|t| !t.is_empty())
             .or(body.access_token)
             .ok_or_else(|| failed("response has neither token nor access_token".into()))?;
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(60));
-        *guard = Some(Token {
-            value: value.clone(),
-            expires: Instant::now() + lifetime - EXPIRY_MARGIN,
-        });
+        *guard = Some(Token { value: value.clone(), expires: Instant::now() + lifetime - EXPIRY_MARGIN });
         Ok(value)
     }
 }

@@ -118,10 +118,7 @@ impl OriginClient {
     /// any other status becomes `Error::Upstream` carrying what the client needs (challenge, Retry-After).
     pub async fn send(&self, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
         let registry = &req.target.registry;
-        let endpoints = self
-            .registries
-            .endpoints(registry)
-            .ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
+        let endpoints = self.registries.endpoints(registry).ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
         if self.options.offline {
             return Err(self.unreachable(req, "offline mode (--offline): origins are not contacted".into()));
         }
@@ -132,10 +129,7 @@ impl OriginClient {
         for endpoint in endpoints {
             let ep = endpoint.as_str();
             if let Some(wait) = self.health.open_for(ep) {
-                let reason = format!(
-                    "endpoint {ep} failed recently; skipped for another {}s",
-                    wait.as_secs().max(1)
-                );
+                let reason = format!("endpoint {ep} failed recently; skipped for another {}s", wait.as_secs().max(1));
                 last = Some(self.unreachable(req, reason));
                 continue;
             }
@@ -164,19 +158,11 @@ impl OriginClient {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unreachable {
-            registry: registry.clone(),
-            reason: "no endpoints".into(),
-        }))
+        Err(last.unwrap_or_else(|| Error::Unreachable { registry: registry.clone(), reason: "no endpoints".into() }))
     }
 
     async fn attempt(&self, endpoint: &Url, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
-        let url = format!(
-            "{}/v2/{}/{}",
-            endpoint.as_str().trim_end_matches('/'),
-            req.target.repository,
-            req.path
-        );
+        let url = format!("{}/v2/{}/{}", endpoint.as_str().trim_end_matches('/'), req.target.repository, req.path);
         let url = Url::parse(&url).map_err(|e| self.unreachable(req, format!("bad URL {url}: {e}")))?;
 
         let credential = match &req.identity {
@@ -193,11 +179,7 @@ impl OriginClient {
             scope: format!("repository:{}:pull", req.target.repository),
             credential: credential.map(Credential::id).unwrap_or_default(),
         };
-        let basic_known = self
-            .basic_endpoints
-            .lock()
-            .map(|s| s.contains(endpoint.as_str()))
-            .unwrap_or(false);
+        let basic_known = self.basic_endpoints.lock().map(|s| s.contains(endpoint.as_str())).unwrap_or(false);
         let first_auth = match (basic_known, credential) {
             (true, Some(c)) => Some(basic(c)),
             _ => self.tokens.cached(&key).await.map(|t| bearer(&t)),
@@ -209,10 +191,7 @@ impl OriginClient {
         }
 
         let challenge_header = resp.headers().get(WWW_AUTHENTICATE).cloned();
-        let challenge = challenge_header
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(Challenge::parse);
+        let challenge = challenge_header.as_ref().and_then(|h| h.to_str().ok()).map(Challenge::parse);
         let rejected = |detail: String| Error::CredentialsRejected {
             registry: req.target.registry.clone(),
             detail,
@@ -234,10 +213,7 @@ impl OriginClient {
                     tracing::warn!(registry = %req.target.registry, %realm, "token realm is not on the registry's domain; not sending credentials");
                 }
                 let scope = scope.unwrap_or_else(|| key.scope.clone());
-                let stale = sent_token
-                    .as_ref()
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.strip_prefix("Bearer "));
+                let stale = sent_token.as_ref().and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
                 let token_req = TokenRequest {
                     realm: &realm,
                     service: service.as_deref(),
@@ -299,10 +275,7 @@ impl OriginClient {
         let resp = match tokio::time::timeout(self.options.first_byte_timeout, builder.send()).await {
             Ok(r) => r.map_err(|e| {
                 if e.is_redirect() {
-                    Error::EgressRefused {
-                        registry: req.target.registry.clone(),
-                        reason: describe(&e),
-                    }
+                    Error::EgressRefused { registry: req.target.registry.clone(), reason: describe(&e) }
                 } else {
                     self.unreachable(req, describe(&e))
                 }
@@ -313,8 +286,7 @@ impl OriginClient {
             }
         };
         let registry = req.target.registry.as_str();
-        self.metrics
-            .upstream_latency(registry, resp.status().as_u16(), started.elapsed().as_secs_f64());
+        self.metrics.upstream_latency(registry, resp.status().as_u16(), started.elapsed().as_secs_f64());
         let limit = ratelimit_header(resp.headers().get("ratelimit-limit"));
         let remaining = ratelimit_header(resp.headers().get("ratelimit-remaining"));
         if limit.is_some() || remaining.is_some() {
@@ -354,10 +326,7 @@ impl OriginClient {
     }
 
     fn unreachable(&self, req: &OriginRequest<'_>, reason: String) -> Error {
-        Error::Unreachable {
-            registry: req.target.registry.clone(),
-            reason,
-        }
+        Error::Unreachable { registry: req.target.registry.clone(), reason }
     }
 }
 

@@ -26,11 +26,7 @@ impl Credential {
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Credential {{ username: {:?}, password: <redacted> }}",
-            self.username
-        )
+        write!(f, "Credential {{ username: {:?}, password: <redacted> }}", self.username)
     }
 }
 

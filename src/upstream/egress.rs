@@ -94,9 +94,7 @@ impl EgressPolicy {
 
     /// A DNS resolver that drops internal answers for names that were not configured.
     pub fn resolver(&self) -> Arc<GuardedResolver> {
-        Arc::new(GuardedResolver {
-            hosts: self.hosts.clone(),
-        })
+        Arc::new(GuardedResolver { hosts: self.hosts.clone() })
     }
 
     /// A redirect policy that follows up to 10 redirects to allowed places only.

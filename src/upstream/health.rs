@@ -27,11 +27,7 @@ pub struct OriginHealth {
 
 impl OriginHealth {
     pub fn new(backoff: Duration) -> Self {
-        OriginHealth {
-            backoff,
-            breakers: Mutex::default(),
-            holds: Mutex::default(),
-        }
+        OriginHealth { backoff, breakers: Mutex::default(), holds: Mutex::default() }
     }
 
     /// How long the endpoint's circuit stays open, if it is open now.

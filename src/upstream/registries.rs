@@ -35,15 +35,8 @@ impl Registries {
     /// `endpoints`: explicitly configured origins (always allowed). `allowed`: extra names or `*.domain`
     /// patterns. Both are checked by the config layer; here they are trusted.
     pub fn new(endpoints: BTreeMap<RegistryName, Vec<Url>>, allowed: &[String]) -> Result<Self, String> {
-        let mut r = Registries {
-            endpoints,
-            ..Default::default()
-        };
-        for pattern in BUILTIN_ALLOWED
-            .iter()
-            .copied()
-            .chain(allowed.iter().map(String::as_str))
-        {
+        let mut r = Registries { endpoints, ..Default::default() };
+        for pattern in BUILTIN_ALLOWED.iter().copied().chain(allowed.iter().map(String::as_str)) {
             r.allow(pattern)?;
         }
         Ok(r)
@@ -78,11 +71,7 @@ impl Registries {
         if !self.is_allowed(name) {
             return None;
         }
-        let host = if name.is_docker_hub() {
-            "registry-1.docker.io"
-        } else {
-            name.as_str()
-        };
+        let host = if name.is_docker_hub() { "registry-1.docker.io" } else { name.as_str() };
         Url::parse(&format!("https://{host}")).ok().map(|u| vec![u])
     }
 

@@ -29,15 +29,9 @@ fn parses_bearer_and_basic_challenges() {
 #[test]
 fn credentials_only_go_to_the_registrys_own_domain() {
     let u = |s: &str| url::Url::parse(s).unwrap();
-    assert!(realm_trusted(
-        &u("https://auth.docker.io/token"),
-        &u("https://registry-1.docker.io")
-    ));
+    assert!(realm_trusted(&u("https://auth.docker.io/token"), &u("https://registry-1.docker.io")));
     assert!(realm_trusted(&u("https://ghcr.io/token"), &u("https://ghcr.io")));
-    assert!(realm_trusted(
-        &u("http://127.0.0.1:5001/t"),
-        &u("http://127.0.0.1:5000")
-    ));
+    assert!(realm_trusted(&u("http://127.0.0.1:5001/t"), &u("http://127.0.0.1:5000")));
     assert!(!realm_trusted(&u("https://evil.example/token"), &u("https://ghcr.io")));
     assert!(!realm_trusted(&u("http://127.0.0.2/t"), &u("http://127.0.0.1:5000")));
 }
@@ -45,10 +39,7 @@ fn credentials_only_go_to_the_registrys_own_domain() {
 #[test]
 fn allow_list_defaults_patterns_and_explicit_upstreams() {
     let mut ups = BTreeMap::new();
-    ups.insert(
-        name("myreg.test"),
-        vec![url::Url::parse("http://127.0.0.1:5000").unwrap()],
-    );
+    ups.insert(name("myreg.test"), vec![url::Url::parse("http://127.0.0.1:5000").unwrap()]);
     let r = Registries::new(ups, &["*.corp.example".into(), "10.1.2.3:5000".into()]).unwrap();
     for ok in [
         "docker.io",
@@ -75,15 +66,9 @@ fn allow_list_defaults_patterns_and_explicit_upstreams() {
         assert!(!r.is_allowed(&name(bad)), "{bad}");
         assert!(r.endpoints(&name(bad)).is_none());
     }
-    assert_eq!(
-        r.endpoints(&name("docker.io")).unwrap()[0].as_str(),
-        "https://registry-1.docker.io/"
-    );
+    assert_eq!(r.endpoints(&name("docker.io")).unwrap()[0].as_str(), "https://registry-1.docker.io/");
     assert_eq!(r.endpoints(&name("quay.io")).unwrap()[0].as_str(), "https://quay.io/");
-    assert_eq!(
-        r.endpoints(&name("myreg.test")).unwrap()[0].as_str(),
-        "http://127.0.0.1:5000/"
-    );
+    assert_eq!(r.endpoints(&name("myreg.test")).unwrap()[0].as_str(), "http://127.0.0.1:5000/");
 }
 
 #[test]
@@ -95,10 +80,8 @@ fn creds_file_longest_prefix_wins() {
          ghcr.io/org/team:\n  username: team\n  password: p4\n",
     )
     .unwrap();
-    let user = |reg: &str, repo: &str| {
-        c.lookup(&name(reg), &Repository::parse(repo).unwrap())
-            .map(|c| c.username.clone())
-    };
+    let user =
+        |reg: &str, repo: &str| c.lookup(&name(reg), &Repository::parse(repo).unwrap()).map(|c| c.username.clone());
     assert_eq!(user("docker.io", "library/alpine").as_deref(), Some("hub"));
     assert_eq!(user("ghcr.io", "other/x").as_deref(), Some("all"));
     assert_eq!(user("ghcr.io", "org/x").as_deref(), Some("org"));

@@ -36,11 +36,8 @@ impl Cache {
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 let shutdown = async move {
@@ -52,13 +49,7 @@ impl Cache {
             });
             rt.shutdown_background();
         });
-        Cache {
-            port,
-            dir: dir.to_path_buf(),
-            _tmp: None,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
+        Cache { port, dir: dir.to_path_buf(), _tmp: None, shutdown: Some(tx), thread: Some(thread) }
     }
 
     pub fn addr(&self) -> String {
@@ -92,9 +83,7 @@ impl Cache {
         self.metrics()
             .lines()
             .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().split(' ').next())
-                    .and_then(|v| v.parse().ok())
+                l.strip_prefix(sample).and_then(|rest| rest.trim().split(' ').next()).and_then(|v| v.parse().ok())
             })
             .unwrap_or(0.0)
     }

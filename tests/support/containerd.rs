@@ -44,10 +44,7 @@ impl Containerd {
     /// Start containerd (config version 2, all state in a temp dir, CRI and exotic snapshotters
     /// disabled) and wait until `ctr version` answers.
     pub fn start() -> Containerd {
-        let dir = tempfile::Builder::new()
-            .prefix("ocicache-ctrd-")
-            .tempdir()
-            .expect("create containerd temp dir");
+        let dir = tempfile::Builder::new().prefix("ocicache-ctrd-").tempdir().expect("create containerd temp dir");
         let d = dir.path();
         let sock = d.join("c.sock");
         let hosts_dir = d.join("hosts");
@@ -193,13 +190,7 @@ disabled_plugins = [
 
     /// `ctr --address S image pull --hosts-dir D [extra...] IMAGE`. Does not panic on failure.
     pub fn pull(&self, image: &str, extra: &[&str]) -> Output {
-        run_output(
-            self.ctr()
-                .args(["image", "pull", "--hosts-dir"])
-                .arg(&self.hosts_dir)
-                .args(extra)
-                .arg(image),
-        )
+        run_output(self.ctr().args(["image", "pull", "--hosts-dir"]).arg(&self.hosts_dir).args(extra).arg(image))
     }
 
     /// Like [`Containerd::pull`] but panics (with ctr's output and the daemon log tail) on failure.
@@ -285,17 +276,10 @@ impl Drop for Containerd {
 
 fn ctr_cmd(sock: &Path) -> Command {
     let mut cmd = Command::new("ctr");
-    cmd.arg("--address")
-        .arg(sock)
-        .env_remove("CONTAINERD_NAMESPACE")
-        .env_remove("CONTAINERD_SNAPSHOTTER");
+    cmd.arg("--address").arg(sock).env_remove("CONTAINERD_NAMESPACE").env_remove("CONTAINERD_SNAPSHOTTER");
     cmd
 }
 
 fn lines(s: &str) -> Vec<String> {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
 }

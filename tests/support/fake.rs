@@ -70,11 +70,7 @@ impl FakeOrigin {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
             rt.block_on(async move {
                 let app = axum::Router::new().fallback(handle).with_state(st);
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -86,11 +82,7 @@ impl FakeOrigin {
             });
             rt.shutdown_background();
         });
-        FakeOrigin {
-            port,
-            state,
-            _shutdown: tx,
-        }
+        FakeOrigin { port, state, _shutdown: tx }
     }
 
     pub fn url(&self) -> String {
@@ -100,14 +92,7 @@ impl FakeOrigin {
     /// Serves `data` at `/v2/<any repo>/blobs/<digest of data>` with `fault`; returns the digest.
     pub fn add_blob(&self, data: Vec<u8>, fault: Fault) -> String {
         let digest = super::sha256_digest(&data);
-        self.state.blobs.lock().unwrap().insert(
-            digest.clone(),
-            Blob {
-                data: data.into(),
-                fault,
-                dropped: false,
-            },
-        );
+        self.state.blobs.lock().unwrap().insert(digest.clone(), Blob { data: data.into(), fault, dropped: false });
         digest
     }
 
@@ -115,10 +100,11 @@ impl FakeOrigin {
     /// holds the whole answer until `release()`.
     pub fn add_manifest(&self, reference: &str, body: &[u8], media_type: &str, fault: Fault) -> String {
         let digest = super::sha256_digest(body);
-        self.state.manifests.lock().unwrap().insert(
-            reference.to_owned(),
-            (Bytes::copy_from_slice(body), media_type.to_owned(), fault),
-        );
+        self.state
+            .manifests
+            .lock()
+            .unwrap()
+            .insert(reference.to_owned(), (Bytes::copy_from_slice(body), media_type.to_owned(), fault));
         digest
     }
 
@@ -132,10 +118,7 @@ impl FakeOrigin {
     }
 
     pub fn count(&self, method: &str, path_contains: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|r| r.method == method && r.path.contains(path_contains))
-            .count()
+        self.requests().iter().filter(|r| r.method == method && r.path.contains(path_contains)).count()
     }
 }
 
@@ -162,10 +145,8 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
             Fault::Status(code, hdrs) => {
                 let mut r = status(code);
                 for (k, v) in hdrs {
-                    r.headers_mut().insert(
-                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                        v.parse().unwrap(),
-                    );
+                    r.headers_mut()
+                        .insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
                 }
                 return r;
             }
@@ -173,11 +154,7 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
         }
         let digest = super::sha256_digest(&body);
         let len = body.len();
-        let body = if method == Method::HEAD {
-            Body::empty()
-        } else {
-            Body::from(body)
-        };
+        let body = if method == Method::HEAD { Body::empty() } else { Body::from(body) };
         return Response::builder()
             .header("content-type", media_type)
             .header("content-length", len)
@@ -207,27 +184,17 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
         (b.data.clone(), fault)
     };
     if let Fault::Redirect(to) = &fault {
-        return Response::builder()
-            .status(307)
-            .header("location", to)
-            .body(Body::empty())
-            .unwrap();
+        return Response::builder().status(307).header("location", to).body(Body::empty()).unwrap();
     }
     if let Fault::Status(code, hdrs) = &fault {
         let mut r = status(*code);
         for (k, v) in hdrs {
-            r.headers_mut().insert(
-                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            r.headers_mut().insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         return r;
     }
     let total = data.len();
-    let (start, code) = match range
-        .as_deref()
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.strip_suffix('-'))
+    let (start, code) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-'))
     {
         Some(s) => (s.parse::<usize>().unwrap(), StatusCode::PARTIAL_CONTENT),
         None => (0, StatusCode::OK),

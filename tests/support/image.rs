@@ -36,16 +36,12 @@ pub struct LayerSpec {
 impl LayerSpec {
     /// A layer from (path, contents) pairs.
     pub fn new(files: &[(&str, &[u8])]) -> LayerSpec {
-        LayerSpec {
-            files: files.iter().map(|(p, c)| (p.to_string(), c.to_vec())).collect(),
-        }
+        LayerSpec { files: files.iter().map(|(p, c)| (p.to_string(), c.to_vec())).collect() }
     }
 
     /// A layer with a single file.
     pub fn file(path: &str, contents: impl Into<Vec<u8>>) -> LayerSpec {
-        LayerSpec {
-            files: vec![(path.to_string(), contents.into())],
-        }
+        LayerSpec { files: vec![(path.to_string(), contents.into())] }
     }
 }
 
@@ -104,10 +100,7 @@ pub fn layer_tar_gz(spec: &LayerSpec) -> (Vec<u8>, Vec<u8>) {
     let mut entries: BTreeMap<String, Option<&[u8]>> = BTreeMap::new();
     for (path, contents) in &spec.files {
         let clean = path.trim_start_matches("./").trim_start_matches('/');
-        assert!(
-            !clean.is_empty() && !clean.ends_with('/'),
-            "LayerSpec: bad file path {path:?}"
-        );
+        assert!(!clean.is_empty() && !clean.ends_with('/'), "LayerSpec: bad file path {path:?}");
         let mut parent = Path::new(clean).parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
             let dir = entries.entry(p.to_string_lossy().into_owned()).or_insert(None);
@@ -115,10 +108,7 @@ pub fn layer_tar_gz(spec: &LayerSpec) -> (Vec<u8>, Vec<u8>) {
             parent = p.parent();
         }
         let prev = entries.insert(clean.to_string(), Some(contents));
-        assert!(
-            prev.is_none(),
-            "LayerSpec: duplicate path (or file over directory) {clean:?}"
-        );
+        assert!(prev.is_none(), "LayerSpec: duplicate path (or file over directory) {clean:?}");
     }
     let mut builder = tar::Builder::new(Vec::new());
     for (path, contents) in &entries {
@@ -131,9 +121,7 @@ pub fn layer_tar_gz(spec: &LayerSpec) -> (Vec<u8>, Vec<u8>) {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(0o644);
                 header.set_size(data.len() as u64);
-                builder
-                    .append_data(&mut header, path, *data)
-                    .expect("append file to layer tar");
+                builder.append_data(&mut header, path, *data).expect("append file to layer tar");
             }
             None => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -236,21 +224,15 @@ fn write_image(dir: &Path, tag: &str, arch: &str, layers: &[LayerSpec]) -> Built
 /// The layout is created if needed; other tags already in it are kept (same tag is replaced).
 pub fn build_image(dir: &Path, tag: &str, arch: &str, layers: &[LayerSpec]) -> BuiltImage {
     let img = write_image(dir, tag, arch, layers);
-    tag_in_layout(
-        dir,
-        tag,
-        descriptor(MT_OCI_MANIFEST, &img.manifest_digest, img.manifest.len()),
-    );
+    tag_in_layout(dir, tag, descriptor(MT_OCI_MANIFEST, &img.manifest_digest, img.manifest.len()));
     img
 }
 
 /// Write an OCI image index with one linux/<arch> manifest per entry (e.g. amd64 + arm64) under
 /// `tag`. Each platform image is also tagged "<tag>-<arch>" in the layout.
 pub fn build_index(dir: &Path, tag: &str, images: &[(&str, Vec<LayerSpec>)]) -> BuiltIndex {
-    let manifests: Vec<BuiltImage> = images
-        .iter()
-        .map(|(arch, layers)| build_image(dir, &format!("{tag}-{arch}"), arch, layers))
-        .collect();
+    let manifests: Vec<BuiltImage> =
+        images.iter().map(|(arch, layers)| build_image(dir, &format!("{tag}-{arch}"), arch, layers)).collect();
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": MT_OCI_INDEX,
@@ -263,13 +245,7 @@ pub fn build_index(dir: &Path, tag: &str, images: &[(&str, Vec<LayerSpec>)]) -> 
     .unwrap();
     let index_digest = write_blob(dir, &index);
     tag_in_layout(dir, tag, descriptor(MT_OCI_INDEX, &index_digest, index.len()));
-    BuiltIndex {
-        layout: dir.to_path_buf(),
-        tag: tag.to_string(),
-        index_digest,
-        index,
-        manifests,
-    }
+    BuiltIndex { layout: dir.to_path_buf(), tag: tag.to_string(), index_digest, index, manifests }
 }
 
 /// Manifest format to push with.
@@ -287,8 +263,7 @@ fn skopeo_push(layout: &Path, tag: &str, dest: &str, args: &[&str], creds: Optio
     if let Some((u, p)) = creds {
         cmd.arg(format!("--dest-creds={u}:{p}"));
     }
-    cmd.arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{dest}"));
+    cmd.arg(format!("oci:{}:{tag}", layout.display())).arg(format!("docker://{dest}"));
     let out = run_output(&mut cmd);
     super::assert_success(&out, &super::describe(&cmd));
 }
@@ -339,12 +314,7 @@ pub fn skopeo_copy_to_dir(src: &str, dest_dir: &Path, extra: &[&str]) -> Output 
 
 /// `skopeo inspect --raw --tls-verify=false [extra...] SRC`. Does not panic on failure.
 pub fn skopeo_inspect_raw(src: &str, extra: &[&str]) -> Output {
-    run_output(
-        Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .args(extra)
-            .arg(src),
-    )
+    run_output(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).args(extra).arg(src))
 }
 
 /// GET /v2/REPO/manifests/TAG from the registry at "127.0.0.1:PORT" with `Accept: accept`

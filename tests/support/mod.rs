@@ -42,10 +42,7 @@ pub fn free_port() -> u16 {
     for _ in 0..100 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .unwrap_or_else(|e| panic!("free_port: cannot bind 127.0.0.1:0: {e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("free_port: local_addr: {e}"))
-            .port();
+        let port = listener.local_addr().unwrap_or_else(|e| panic!("free_port: local_addr: {e}")).port();
         drop(listener);
         if handed_out.lock().unwrap().insert(port) {
             return port;
@@ -79,27 +76,15 @@ fn reserve_closed_port() -> u16 {
         assert!(rc == 0, "closed_port: bind(): {}", std::io::Error::last_os_error());
         let mut out: libc::sockaddr_in = std::mem::zeroed();
         let mut out_len = len;
-        let rc = libc::getsockname(
-            fd,
-            &mut out as *mut libc::sockaddr_in as *mut libc::sockaddr,
-            &mut out_len,
-        );
-        assert!(
-            rc == 0,
-            "closed_port: getsockname(): {}",
-            std::io::Error::last_os_error()
-        );
+        let rc = libc::getsockname(fd, &mut out as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut out_len);
+        assert!(rc == 0, "closed_port: getsockname(): {}", std::io::Error::last_os_error());
         u16::from_be(out.sin_port)
     }
 }
 
 /// Poll TCP connect to 127.0.0.1:`port` until it succeeds; panic after 20 s.
 pub fn wait_for_port(port: u16) {
-    poll_until(
-        DEFAULT_TIMEOUT,
-        &format!("127.0.0.1:{port} to accept TCP connections"),
-        || port_is_open(port),
-    );
+    poll_until(DEFAULT_TIMEOUT, &format!("127.0.0.1:{port} to accept TCP connections"), || port_is_open(port));
 }
 
 /// True if a TCP connection to 127.0.0.1:`port` succeeds right now.
@@ -147,8 +132,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Run a command to completion and capture its output; panics only if it cannot be spawned.
 pub fn run_output(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
 }
 
 /// Run a command and panic (with its stdout/stderr) unless it exits successfully.
@@ -205,13 +189,9 @@ pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("{}: write: {e}", ctx()));
+    stream.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{}: write: {e}", ctx()));
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("{}: read: {e}", ctx()));
+    stream.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{}: read: {e}", ctx()));
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -229,29 +209,15 @@ pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let mut resp = HttpResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
+    let mut resp = HttpResponse { status, headers, body: Vec::new() };
     if method.eq_ignore_ascii_case("HEAD") {
         return resp;
     }
-    resp.body = if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    resp.body = if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         decode_chunked(rest).unwrap_or_else(|| panic!("{}: bad chunked body", ctx()))
     } else if let Some(len) = resp.header("content-length") {
-        let len: usize = len
-            .parse()
-            .unwrap_or_else(|_| panic!("{}: bad content-length {len:?}", ctx()));
-        assert!(
-            rest.len() >= len,
-            "{}: body truncated: {} of {len} bytes",
-            ctx(),
-            rest.len()
-        );
+        let len: usize = len.parse().unwrap_or_else(|_| panic!("{}: bad content-length {len:?}", ctx()));
+        assert!(rest.len() >= len, "{}: body truncated: {} of {len} bytes", ctx(), rest.len());
         rest[..len].to_vec()
     } else {
         rest.to_vec()
@@ -279,9 +245,7 @@ pub fn unique_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{}-{n}-{nanos}", std::process::id())
 }

@@ -66,36 +66,24 @@ impl Registry {
             file.push_str(line.trim());
             file.push('\n');
         }
-        Self::launch(Extra {
-            htpasswd: Some(file),
-            ..Extra::default()
-        })
+        Self::launch(Extra { htpasswd: Some(file), ..Extra::default() })
     }
 
     /// Pull-through proxy registry (`proxy: {remoteurl: ...}`), the peer to benchmark against.
     /// The remote must already be listening: distribution panics at start otherwise.
     pub fn start_proxy(remote_url: &str) -> Registry {
-        Self::launch(Extra {
-            proxy_remote: Some(remote_url.to_string()),
-            ..Extra::default()
-        })
+        Self::launch(Extra { proxy_remote: Some(remote_url.to_string()), ..Extra::default() })
     }
 
     fn launch(extra: Extra) -> Registry {
-        let dir = tempfile::Builder::new()
-            .prefix("ocicache-registry-")
-            .tempdir()
-            .expect("create registry temp dir");
+        let dir = tempfile::Builder::new().prefix("ocicache-registry-").tempdir().expect("create registry temp dir");
         let storage_dir = dir.path().join("storage");
         fs::create_dir_all(&storage_dir).expect("create registry storage dir");
         let mut auth = String::new();
         if let Some(htpasswd) = &extra.htpasswd {
             let path = dir.path().join("htpasswd");
             fs::write(&path, htpasswd).expect("write htpasswd file");
-            auth = format!(
-                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-                path.display()
-            );
+            auth = format!("auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n", path.display());
         }
         let proxy = match &extra.proxy_remote {
             Some(url) => format!("proxy:\n  remoteurl: {url}\n"),
@@ -149,11 +137,7 @@ impl Registry {
     /// Spawn the child and wait until it accepts connections. Err(message) if it exits first.
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let open_log = |p: &Path| -> File {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+            OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
         };
         let mut child = Command::new("docker-registry")
             .arg("serve")
@@ -215,33 +199,22 @@ impl Registry {
     /// sentinel requests. Race-free: a sentinel request is made and the log is polled until its
     /// line appears, so every request completed before this call is included.
     pub fn requests(&self) -> Vec<AccessLine> {
-        assert!(
-            self.child.is_some(),
-            "Registry::requests() on a stopped registry (port {})",
-            self.port
-        );
+        assert!(self.child.is_some(), "Registry::requests() on a stopped registry (port {})", self.port);
         let token = unique_token();
         let path = format!("/v2/?{SENTINEL_PARAM}{token}");
         // Status does not matter (401 with auth); the access log records every response.
         http_request(&self.addr(), "GET", &path, &[]);
         let needle = format!("{SENTINEL_PARAM}{token} ");
         let mut text = String::new();
-        poll_until(
-            Duration::from_secs(10),
-            &format!("sentinel line in {}", self.access_log_path.display()),
-            || {
-                text = fs::read_to_string(&self.access_log_path).unwrap_or_default();
-                text.contains(&needle)
-            },
-        );
+        poll_until(Duration::from_secs(10), &format!("sentinel line in {}", self.access_log_path.display()), || {
+            text = fs::read_to_string(&self.access_log_path).unwrap_or_default();
+            text.contains(&needle)
+        });
         text.lines()
             .filter(|l| !l.contains(SENTINEL_PARAM))
             .map(|l| {
                 parse_access_line(l).unwrap_or_else(|| {
-                    panic!(
-                        "unparseable access-log line in {}: {l:?}",
-                        self.access_log_path.display()
-                    )
+                    panic!("unparseable access-log line in {}: {l:?}", self.access_log_path.display())
                 })
             })
             .collect()
@@ -250,10 +223,7 @@ impl Registry {
     /// Number of requests with `method` (exact, e.g. "GET"/"HEAD") whose path contains
     /// `path_contains`.
     pub fn count(&self, method: &str, path_contains: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|r| r.method == method && r.path.contains(path_contains))
-            .count()
+        self.requests().iter().filter(|r| r.method == method && r.path.contains(path_contains)).count()
     }
 
     /// Current number of (non-sentinel) requests; use with [`Registry::requests_since`].

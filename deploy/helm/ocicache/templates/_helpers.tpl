@@ -74,7 +74,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* /etc/containerd/certs.d/_default/hosts.toml as the node configurator writes it. */}}
 {{- define "ocicache.hostsToml" -}}
-# Written by the ocicache node configurator ({{ .Release.Namespace }}/{{ include "ocicache.fullname" . }}).
+# ocicache ({{ .Release.Namespace }}/{{ include "ocicache.fullname" . }}) as the mirror of every registry.
 # containerd (1.6.17+) sends every registry's pulls here with ?ns=<registry>, and falls back to the
 # registry itself when the mirror is unreachable or answers an error.
 [host.{{ include "ocicache.mirrorEndpoint" . | quote }}]
