@@ -28,6 +28,8 @@ use crate::store::{ContentKind, FsStore};
 const MAX_RESUMES: u32 = 5;
 /// Bytes read from the file per chunk handed to a client.
 pub const READ_CHUNK: usize = 512 * 1024;
+/// Smallest read handed to a client while a download is still growing.
+const MIN_READ: u64 = 128 * 1024;
 
 /// An origin body, from some offset.
 pub struct BlobSource {
@@ -129,22 +131,33 @@ impl Flights {
             let _permit = flights.downloads.clone().acquire_owned().await;
             flights.metrics.inflight_downloads.inc();
             let result = download(&origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
-            let result = result.and_then(|total| {
-                if private {
-                    flights.store.mark_private(ContentKind::Blob, &digest)?;
-                }
-                flights.store.commit_blob(&temp.path, &digest)?;
-                Ok(total)
-            });
-            match &result {
-                Ok(total) => {
-                    tracing::debug!(%digest, bytes = total, private, "blob download complete");
-                    tx.send_replace(Progress::Complete { total: *total });
+            match result {
+                Ok((total, file)) => {
+                    // The bytes are verified: readers may finish now, while the file is made durable
+                    // and moved into place (off the async workers: fsync of a large file takes time).
+                    tx.send_replace(Progress::Complete { total });
+                    let (store, path, d) = (flights.store.clone(), temp.path.clone(), digest.clone());
+                    let committed = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        file.sync_all()?;
+                        if private {
+                            store.mark_private(ContentKind::Blob, &d)?;
+                        }
+                        store.commit_blob(&path, &d)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+                    match committed {
+                        Ok(()) => tracing::debug!(%digest, bytes = total, private, "blob stored"),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&temp.path);
+                            tracing::warn!(%digest, error = %e, "verified blob could not be stored; it was served, not kept");
+                        }
+                    }
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&temp.path);
                     tracing::warn!(%digest, error = %e, "blob download failed; nothing stored");
-                    tx.send_replace(Progress::Failed(Arc::new(e.clone())));
+                    tx.send_replace(Progress::Failed(Arc::new(e)));
                 }
             }
             if matches!(commit, Commit::Shared { .. }) {
@@ -173,7 +186,7 @@ async fn download(
     mut file: File,
     tx: &watch::Sender<Progress>,
     metrics: &Metrics,
-) -> Result<u64, Error> {
+) -> Result<(u64, File), Error> {
     let mut source = opener(0).await?;
     let total = source.total;
     tx.send_replace(Progress::Receiving { written: 0, total });
@@ -233,8 +246,7 @@ async fn download(
             actual: actual.to_string(),
         });
     }
-    file.sync_all()?;
-    Ok(written)
+    Ok((written, file))
 }
 
 fn bad_body(origin: &str, digest: &Digest, detail: &str) -> Error {
@@ -305,7 +317,9 @@ impl Flight {
                     // Hold back the response's final byte until the digest is verified.
                     until -= 1;
                 }
-                if until > pos {
+                // While the download runs, wait for a worthwhile amount rather than waking for every packet.
+                let worthwhile = complete || until - pos.min(until) >= MIN_READ || until == stop.saturating_sub(1);
+                if until > pos && worthwhile {
                     let n = (until - pos).min(READ_CHUNK as u64) as usize;
                     let file = flight.file.clone();
                     let read = tokio::task::spawn_blocking(move || read_exact_at(&file, pos, n)).await;

@@ -66,8 +66,12 @@ impl Cache {
         }
     }
 
-    /// Every committed blob file in the store.
+    /// Every committed blob file in the store, once no download is running (a verified download is
+    /// served to its clients first and made durable right after).
     pub fn stored_blobs(&self) -> Vec<PathBuf> {
+        super::poll_until(super::DEFAULT_TIMEOUT, "downloads to finish", || {
+            self.metric("ocicache_inflight_downloads") == 0.0
+        });
         files_under(&self.dir.join("blobs"))
     }
 
