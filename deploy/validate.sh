@@ -7,8 +7,9 @@
 #   3. the embedded files: every *.toml in a ConfigMap and deploy/containerd/hosts.toml parse; the
 #      plain manifests agree with the chart's defaults (ports, image tag, config); every .Values path a
 #      template reads exists in values.yaml; template blocks ({{ if }}...{{ end }}) balance;
-#   4. when an ocicache binary is at hand ($OCICACHE_BIN, target/release or target/debug), the
-#      ConfigMap's ocicache.toml is started with it on 127.0.0.1 (ocicache refuses unknown keys).
+#   4. when an ocicache binary is at hand ($OCICACHE_BIN, or the newer of target/release and
+#      target/debug), the ConfigMap's ocicache.toml is started with it on 127.0.0.1 (ocicache
+#      refuses unknown keys).
 # Prints one summary line; exits non-zero on any problem.
 #   bash deploy/validate.sh                      # Kubernetes 1.29.0
 #   K8S_VERSIONS="1.29.0 1.33.0" bash deploy/validate.sh
@@ -69,7 +70,7 @@ fi
 
 echo "== embedded TOML, chart defaults vs plain manifests, template references"
 toml_out="$work/ocicache.toml"
-if ! "$py" -u - "$toml_out" "${manifests[@]}" <<'PY' >&2; then
+if ! "$py" -u - "$toml_out" "${manifests[@]}" <<'PY'; then
 import re
 import sys
 from pathlib import Path
@@ -196,7 +197,7 @@ for tpl in sorted((chart / "templates").glob("*")):
         errors.append(f"{tpl}: {depth} block(s) not closed with {{{{ end }}}}")
 
 for e in errors:
-    print(f"  {e}")
+    print(f"  {e}", file=sys.stderr)
 print(f"   {len(tomls)} embedded TOML files, {len(list((chart / 'templates').glob('*')))} templates checked")
 sys.exit(1 if errors else 0)
 PY
@@ -205,8 +206,9 @@ fi
 
 bin=${OCICACHE_BIN:-}
 if [ -z "$bin" ]; then
+  # The newer of the two builds.
   for b in target/release/ocicache target/debug/ocicache; do
-    if [ -x "$b" ]; then bin=$b; break; fi
+    if [ -x "$b" ] && { [ -z "$bin" ] || [ "$b" -nt "$bin" ]; }; then bin=$b; fi
   done
 fi
 if [ -n "$bin" ] && [ -s "$toml_out" ]; then

@@ -42,109 +42,112 @@ pub struct Cli {
     version: Option<bool>,
 
     /// TOML config file with the same settings as these flags (flags win)
-    #[arg(short = 'c', long = "config", value_name = "FILE", env = "OCICACHE_CONFIG")]
+    #[arg(global = true, short = 'c', long = "config", value_name = "FILE", env = "OCICACHE_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Port to listen on [default: 3000]
-    #[arg(short = 'p', long)]
+    #[arg(global = true, short = 'p', long)]
     pub port: Option<u16>,
 
     /// Address to listen on [default: 0.0.0.0]
-    #[arg(long, value_name = "IP")]
+    #[arg(global = true, long, value_name = "IP")]
     pub listen: Option<IpAddr>,
 
     /// Cache directory [default: /tmp/data]
-    #[arg(short = 'd', long, value_name = "DIR")]
+    #[arg(global = true, short = 'd', long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Cache manifests by tag (`--cache-manifests=false` asks the origin for every tag) [default: true]
-    #[arg(short = 'm', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    #[arg(global = true, short = 'm', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub cache_manifests: Option<bool>,
 
     /// Regex of tags never served from the cache (unanchored; empty disables) [default: latest]
-    #[arg(short = 't', long, value_name = "REGEX")]
+    #[arg(global = true, short = 't', long, value_name = "REGEX")]
     pub skip_tags: Option<String>,
 
     /// YAML credentials for origins: `<host>[/<path prefix>]: {username, password}`, longest prefix wins
-    #[arg(short = 'f', long, value_name = "FILE")]
+    #[arg(global = true, short = 'f', long, value_name = "FILE")]
     pub creds_file: Option<PathBuf>,
 
     /// Log level: error, warn, info, debug, trace (or a tracing filter) [default: info]
-    #[arg(short = 'l', long, value_name = "LEVEL")]
+    #[arg(global = true, short = 'l', long, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
     /// Log format [default: text]
-    #[arg(long, value_enum)]
+    #[arg(global = true, long, value_enum)]
     pub log_format: Option<LogFormat>,
 
     /// Registry whose manifests are never cached (only blobs); repeatable
-    #[arg(long = "private-registry", value_name = "HOST")]
+    #[arg(global = true, long = "private-registry", value_name = "HOST")]
     pub private_registry: Vec<String>,
 
     /// S3 bucket for the cache (not supported yet: object storage is a later release)
-    #[arg(short = 'b', long, value_name = "NAME")]
+    #[arg(global = true, short = 'b', long, value_name = "NAME")]
     pub bucket: Option<String>,
 
     /// Where registry NAME is fetched from, endpoints tried in order; repeatable.
     /// Example: --upstream myreg.test=http://127.0.0.1:5000
-    #[arg(long, value_name = "NAME=URL[,URL...]")]
+    #[arg(global = true, long, value_name = "NAME=URL[,URL...]")]
     pub upstream: Vec<String>,
 
     /// Extra registry that may be dialled (exact host[:port] or `*.domain`); repeatable
-    #[arg(long = "allow-registry", value_name = "NAME")]
+    #[arg(global = true, long = "allow-registry", value_name = "NAME")]
     pub allow_registry: Vec<String>,
 
     /// Registry for requests with neither `?ns=` nor a registry host in the path [default: docker.io]
-    #[arg(long, value_name = "NAME")]
+    #[arg(global = true, long, value_name = "NAME")]
     pub default_registry: Option<String>,
 
     /// How long a cached tag is served before revalidating with a HEAD (0 = every time) [default: 5m]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
     pub tag_ttl: Option<Duration>,
 
     /// Regex of tags that never move (e.g. '^v?[0-9]+(\.[0-9]+){2}$'): never revalidated
-    #[arg(long, value_name = "REGEX")]
+    #[arg(global = true, long, value_name = "REGEX")]
     pub immutable_tags: Option<String>,
 
     /// Serve only what is cached; never contact an origin
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub offline: Option<bool>,
 
     /// Time allowed to connect to an origin [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
 
     /// Time allowed for an origin's response headers [default: 30s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
     pub first_byte_timeout: Option<Duration>,
 
     /// Require Basic credentials from every client, checked against this htpasswd file (bcrypt, `htpasswd -B`)
-    #[arg(long, value_name = "FILE")]
+    #[arg(global = true, long, value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
 
     /// With --htpasswd, also require credentials for /metrics
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub metrics_auth: Option<bool>,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(global = true, long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for --tls-cert
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(global = true, long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// Most blob downloads from origins at once; more wait their turn [default: 32]
-    #[arg(long, value_name = "N")]
+    #[arg(global = true, long, value_name = "N")]
     pub max_upstream_concurrency: Option<usize>,
 
     /// How long a client's confirmed access to private content is remembered [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
     pub auth_cache_ttl: Option<Duration>,
 
     /// How long a failed origin endpoint is skipped (doubles while it keeps failing, up to 8x) [default: 30s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
     pub endpoint_backoff: Option<Duration>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
 
 /// `5m`, `30s`, `1h30m`, or a bare number of seconds.
@@ -159,6 +162,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+}
+
+/// What to do; serving is the default.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve the cache (the default when no command is given)
+    Serve,
+    /// Write containerd hosts.toml files (or docker/podman config) that send pulls through a cache
+    Hosts(crate::cmd::hosts::HostsArgs),
+    /// Pull images into the cache ahead of time, with progress
+    Warm(crate::cmd::warm::WarmArgs),
+    /// Apply the eviction policy (--max-size, --max-age) to a cache directory offline
+    Gc(crate::cmd::gc::GcArgs),
 }
 
 /// Go's flag package accepts these spellings; containerd-registry-cache's README uses `=no`.

@@ -6,6 +6,7 @@
 //! future so they choose when it stops.
 
 pub mod cache;
+pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod metrics;

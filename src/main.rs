@@ -1,10 +1,15 @@
 //! The `ocicache` command: parse flags, set up logging, bind, serve until SIGINT/SIGTERM.
 
 use clap::Parser;
-use ocicache::config::{Cli, Config, LogFormat};
+use ocicache::cmd;
+use ocicache::config::{Cli, Command, Config, LogFormat};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    if let Some(Command::Hosts(args)) = command {
+        return cmd::hosts::run(args);
+    }
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -14,6 +19,14 @@ fn main() -> anyhow::Result<()> {
     };
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match command {
+        None | Some(Command::Serve) | Some(Command::Hosts(_)) => {}
+        Some(Command::Gc(args)) => return cmd::gc::run(args, config),
+        Some(Command::Warm(args)) => {
+            let all_ok = runtime.block_on(cmd::warm::run(args, config))?;
+            std::process::exit(if all_ok { 0 } else { 1 });
+        }
+    }
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
