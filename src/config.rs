@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::cache::TagPolicy;
 use crate::oci::RegistryName;
+use crate::store::eviction::EvictionPolicy;
 use crate::upstream::{Credentials, OriginOptions, Registries};
 
 pub const DEFAULT_PORT: u16 = 3000;
@@ -126,6 +127,22 @@ pub struct Cli {
     #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub metrics_auth: Option<bool>,
 
+    /// Keep the store under this size, evicting least recently used content (e.g. 50GiB)
+    #[arg(global = true, long, value_name = "SIZE", value_parser = crate::store::eviction::parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Evict content not used for this long (e.g. 30d)
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+
+    /// How long in-flight responses may take to finish after SIGTERM [default: 30s]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+
+    /// After SIGTERM, how long /readyz reports unready before new connections stop [default: 0s]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_delay: Option<Duration>,
+
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
     #[arg(global = true, long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -221,6 +238,13 @@ pub struct FileConfig {
     pub max_upstream_concurrency: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub max_size: Option<String>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub max_age: Option<Duration>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub shutdown_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub shutdown_delay: Option<Duration>,
     /// Per-registry settings, keyed by registry name.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryFileConfig>,
@@ -253,6 +277,9 @@ pub struct Config {
     pub max_upstream_concurrency: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub eviction: EvictionPolicy,
+    pub shutdown_timeout: Duration,
+    pub shutdown_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +395,12 @@ impl Config {
             endpoint_backoff: cli.endpoint_backoff.or(file.endpoint_backoff).unwrap_or(defaults.endpoint_backoff),
         };
 
+        let file_max_size = match &file.max_size {
+            Some(s) => Some(crate::store::eviction::parse_size(s).map_err(|e| invalid(format!("max_size: {e}")))?),
+            None => None,
+        };
+        let eviction =
+            EvictionPolicy { max_size: cli.max_size.or(file_max_size), max_age: cli.max_age.or(file.max_age) };
         let (tls_cert, tls_key) = (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key));
         if tls_cert.is_some() != tls_key.is_some() {
             return Err(invalid("--tls-cert and --tls-key go together"));
@@ -397,6 +430,9 @@ impl Config {
             max_upstream_concurrency: cli.max_upstream_concurrency.or(file.max_upstream_concurrency).unwrap_or(32),
             tls_cert,
             tls_key,
+            eviction,
+            shutdown_timeout: cli.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
+            shutdown_delay: cli.shutdown_delay.or(file.shutdown_delay).unwrap_or(Duration::ZERO),
             credentials,
             registries,
             default_registry,

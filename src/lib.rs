@@ -47,24 +47,61 @@ pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         default_registry: config.default_registry.clone(),
         htpasswd,
         metrics_auth: config.metrics_auth,
+        ready: std::sync::atomic::AtomicBool::new(true),
     }))
 }
 
-/// Serves the cache on `listener` (with TLS when configured) until `shutdown` completes.
+/// Serves the cache on `listener` (with TLS when configured) until `shutdown` completes. Then:
+/// `/readyz` turns unready, new connections stop after `--shutdown-delay`, in-flight responses and
+/// downloads get up to `--shutdown-timeout` to finish, and no temp file of this process is left.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let state = build(&config)?;
-    let app = server::router(state);
-    let served = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = server::tls::server_config(cert, key)?;
-            let listener = server::tls::TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-        }
-        _ => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    store::eviction::spawn(state.cache.store().clone(), config.eviction, state.metrics.clone());
+    let app = server::router(state.clone());
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+    let (signal_state, delay) = (state.clone(), config.shutdown_delay);
+    let signal = async move {
+        shutdown.await;
+        signal_state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(delay_s = delay.as_secs_f64(), "shutting down: unready, then finishing in-flight requests");
+        tokio::time::sleep(delay).await;
+        let _ = fired_tx.send(());
     };
-    served.map_err(|e| format!("server error: {e}"))
+    let serve = async {
+        match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = server::tls::server_config(cert, key)?;
+                let listener = server::tls::TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
+                axum::serve(listener, app).with_graceful_shutdown(signal).await
+            }
+            _ => axum::serve(listener, app).with_graceful_shutdown(signal).await,
+        }
+        .map_err(|e| format!("server error: {e}"))
+    };
+    let timeout = config.shutdown_timeout;
+    let deadline = async move {
+        if fired_rx.await.is_ok() {
+            tokio::time::sleep(timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(deadline);
+    let result = tokio::select! {
+        r = serve => r,
+        _ = &mut deadline => {
+            tracing::warn!(timeout_s = timeout.as_secs(), "shutdown timeout: closing the remaining connections");
+            Ok(())
+        }
+    };
+    tokio::select! {
+        _ = state.cache.downloads_finished() => {}
+        _ = &mut deadline => tracing::warn!("shutdown timeout: abandoning running downloads"),
+    }
+    state.cache.store().remove_own_temp_files();
+    result
 }

@@ -50,6 +50,10 @@ pub struct Metrics {
     ratelimit_limit: Family<Labels, Gauge>,
     ratelimit_remaining: Family<Labels, Gauge>,
     upstream_latency: Family<Labels, Histogram>,
+    store_bytes: Gauge,
+    store_entries: Gauge,
+    evictions: Counter,
+    evicted_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -130,7 +134,19 @@ impl Metrics {
             "Time to the origin's response headers by registry and status",
             upstream_latency.clone(),
         );
+        let store_bytes = Gauge::default();
+        registry.register("ocicache_store_bytes", "Bytes of blobs and manifests in the store", store_bytes.clone());
+        let store_entries = Gauge::default();
+        registry.register("ocicache_store_entries", "Blob and manifest files in the store", store_entries.clone());
+        let evictions = Counter::default();
+        registry.register("ocicache_evictions", "Files evicted (--max-size, --max-age, disk full)", evictions.clone());
+        let evicted_bytes = Counter::default();
+        registry.register("ocicache_evicted_bytes", "Bytes evicted", evicted_bytes.clone());
         Metrics {
+            store_bytes,
+            store_entries,
+            evictions,
+            evicted_bytes,
             revalidations,
             endpoint_failures,
             circuit_open,
@@ -202,6 +218,16 @@ impl Metrics {
         self.upstream_latency
             .get_or_create(&vec![("registry", registry.to_owned()), ("status", status.to_string())])
             .observe(seconds);
+    }
+
+    pub fn store_usage(&self, bytes: u64, entries: u64) {
+        self.store_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        self.store_entries.set(entries.min(i64::MAX as u64) as i64);
+    }
+
+    pub fn evicted(&self, files: u64, bytes: u64) {
+        self.evictions.inc_by(files);
+        self.evicted_bytes.inc_by(bytes);
     }
 
     /// The Prometheus text exposition of every metric.

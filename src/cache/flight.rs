@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
@@ -65,6 +65,9 @@ pub enum Joined {
 }
 
 pub struct Flights {
+    /// Downloads running (including their commit), so shutdown can wait for them.
+    active: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
     /// Bounds concurrent origin downloads (`--max-upstream-concurrency`); more wait their turn.
     downloads: Arc<tokio::sync::Semaphore>,
     store: FsStore,
@@ -75,7 +78,27 @@ pub struct Flights {
 impl Flights {
     pub fn new(store: FsStore, metrics: Arc<Metrics>, max_downloads: usize) -> Arc<Self> {
         let downloads = Arc::new(tokio::sync::Semaphore::new(max_downloads.max(1)));
-        Arc::new(Flights { downloads, store, metrics, inflight: Mutex::default() })
+        Arc::new(Flights {
+            active: Default::default(),
+            idle: Default::default(),
+            downloads,
+            store,
+            metrics,
+            inflight: Mutex::default(),
+        })
+    }
+
+    /// Waits until no download is running (each has committed or failed).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The in-flight download of `digest`, if one runs.
@@ -127,10 +150,11 @@ impl Flights {
         let flights = self.clone();
         let digest = digest.clone();
         let origin = origin.to_owned();
+        flights.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let _permit = flights.downloads.clone().acquire_owned().await;
             flights.metrics.inflight_downloads.inc();
-            let result = download(&origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
+            let result = download(&flights.store, &origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
             match result {
                 Ok((total, file)) => {
                     // The bytes are verified: readers may finish now, while the file is made durable
@@ -165,6 +189,9 @@ impl Flights {
                 map.remove(&digest);
             }
             flights.metrics.inflight_downloads.dec();
+            if flights.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                flights.idle.notify_waiters();
+            }
         });
         Ok(flight)
     }
@@ -179,11 +206,33 @@ enum Commit {
     Unlisted,
 }
 
+/// Writes a chunk at its offset. When the disk is full, asks for an eviction pass and tries once
+/// more (the write is positioned, so a partial first attempt is simply overwritten).
+async fn write_at(store: &FsStore, digest: &Digest, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    match file.write_all_at(bytes, offset) {
+        Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+            tracing::warn!(%digest, "disk full while storing a blob: evicting, then retrying");
+            let seen = store.usage().passes();
+            store.usage().request_pass();
+            let waited = tokio::time::timeout(DISK_FULL_WAIT, store.usage().wait_for_pass_after(seen)).await;
+            if waited.is_err() {
+                return Err(e);
+            }
+            file.write_all_at(bytes, offset)
+        }
+        other => other,
+    }
+}
+
+/// How long a fill waits for eviction to make room after the disk filled up.
+const DISK_FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn download(
+    store: &FsStore,
     origin: &str,
     digest: &Digest,
     opener: Opener,
-    mut file: File,
+    file: File,
     tx: &watch::Sender<Progress>,
     metrics: &Metrics,
 ) -> Result<(u64, File), Error> {
@@ -208,7 +257,7 @@ async fn download(
             if total.is_some_and(|t| written + pending.len() as u64 > t) {
                 return Err(bad_body(origin, digest, "more bytes than Content-Length"));
             }
-            file.write_all(&pending)?;
+            write_at(store, digest, &file, &pending, written).await?;
             hasher.update(&pending);
             written += pending.len() as u64;
             metrics.bytes_from_upstream.inc_by(pending.len() as u64);

@@ -101,6 +101,11 @@ impl Cache {
         Ok(())
     }
 
+    /// Waits for running downloads to finish and be committed (used at shutdown).
+    pub async fn downloads_finished(&self) {
+        self.flights.wait_idle().await
+    }
+
     pub fn origin(&self) -> &OriginClient {
         &self.origin
     }

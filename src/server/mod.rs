@@ -33,6 +33,8 @@ pub struct AppState {
     pub htpasswd: Option<Arc<auth::Htpasswd>>,
     /// Whether `/metrics` needs the same credentials.
     pub metrics_auth: bool,
+    /// Cleared at shutdown so load balancers stop sending new pulls before the listener closes.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -47,7 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
         .merge(metrics_route)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .fallback(response::not_found)
         .layer(middleware::from_fn(limits))
         .with_state(state)
@@ -93,6 +95,17 @@ async fn require_auth(State(state): State<Arc<AppState>>, req: Request, next: Ne
     );
     resp.headers_mut().insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"ocicache\""));
     resp
+}
+
+/// Ready while serving and while the cache directory is usable.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.ready.load(std::sync::atomic::Ordering::SeqCst);
+    let store_ok = state.cache.store().root().join("tmp").is_dir();
+    match (ready, store_ok) {
+        (true, true) => "ok\n".into_response(),
+        (false, _) => (http::StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+        (_, false) => (http::StatusCode::SERVICE_UNAVAILABLE, "cache directory unavailable\n").into_response(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

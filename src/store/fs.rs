@@ -15,7 +15,11 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
 use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
 
 use bytes::Bytes;
 
@@ -44,6 +48,75 @@ impl ContentKind {
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
+    usage: Arc<Usage>,
+}
+
+/// Approximate bytes and files in the store, kept between eviction passes (each pass rescans and
+/// corrects it), and the signals between writers and the evictor.
+#[derive(Debug, Default)]
+pub struct Usage {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    changed: Notify,
+    forced: AtomicBool,
+    passes: AtomicU64,
+    passed: Notify,
+}
+
+impl Usage {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    fn added(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    pub fn reset(&self, bytes: u64, entries: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.entries.store(entries, Ordering::Relaxed);
+    }
+
+    /// A write ran out of space: ask for a pass that frees room even below `--max-size`.
+    pub fn request_pass(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Waits for growth or a request; returns whether a pass was requested.
+    pub async fn wait_for_pressure(&self) -> bool {
+        self.changed.notified().await;
+        self.forced.swap(false, Ordering::SeqCst)
+    }
+
+    pub fn passed(&self) {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        self.passed.notify_waiters();
+    }
+
+    /// Eviction passes completed so far.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+
+    /// Waits until more than `seen` passes have completed.
+    pub async fn wait_for_pass_after(&self, seen: u64) {
+        loop {
+            let notified = self.passed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.passes() > seen {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// A temp file being filled; `commit_blob` moves it into place.
@@ -57,13 +130,28 @@ impl FsStore {
         for dir in ["blobs", "manifests", "tags", "private", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        let store = FsStore { root: root.to_path_buf() };
+        let store = FsStore { root: root.to_path_buf(), usage: Arc::default() };
         store.remove_stale_temp_files();
         Ok(store)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Removes this process's unfinished temp files (at shutdown: nothing partial stays behind).
+    pub fn remove_own_temp_files(&self) {
+        let prefix = format!("fill-{}-", std::process::id());
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn remove_stale_temp_files(&self) {
@@ -95,12 +183,13 @@ impl FsStore {
         fs::metadata(self.blob_path(d)).ok().filter(|m| m.is_file()).map(|m| m.len())
     }
 
-    /// Opens a committed blob for reading.
+    /// Opens a committed blob for reading, recording the access for eviction.
     pub fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
         match File::open(self.blob_path(d)) {
             Ok(f) => {
-                let len = f.metadata()?.len();
-                Ok(Some((f, len)))
+                let meta = f.metadata()?;
+                touch(&f, &meta);
+                Ok(Some((f, meta.len())))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -117,15 +206,22 @@ impl FsStore {
     /// Moves a fully written and verified temp file into place as blob `d`.
     pub fn commit_blob(&self, temp: &Path, d: &Digest) -> io::Result<()> {
         let dest = self.blob_path(d);
-        place(temp, &dest)
+        let size = fs::metadata(temp)?.len();
+        place(temp, &dest)?;
+        self.usage.added(size);
+        Ok(())
     }
 
     pub fn manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
-        let raw = match fs::read(self.content_path("manifests", d)) {
-            Ok(r) => r,
+        let mut file = match File::open(self.content_path("manifests", d)) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        let meta = file.metadata()?;
+        touch(&file, &meta);
+        let mut raw = Vec::with_capacity(meta.len() as usize);
+        io::Read::read_to_end(&mut file, &mut raw)?;
         let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("manifest {d} has no media type line")));
         };
@@ -143,7 +239,20 @@ impl FsStore {
         content.extend_from_slice(media_type.as_bytes());
         content.push(b'\n');
         content.extend_from_slice(bytes);
-        self.write_atomic(&self.content_path("manifests", d), &content)
+        self.write_atomic(&self.content_path("manifests", d), &content)?;
+        self.usage.added(content.len() as u64);
+        Ok(())
+    }
+
+    /// Drops the private marker of an evicted blob or manifest file.
+    pub fn forget_private_marker(&self, content: &Path) {
+        let (Some(hex), Some(alg_dir)) = (content.file_name(), content.parent().and_then(Path::parent)) else {
+            return;
+        };
+        let (Some(alg), Some(kind)) = (alg_dir.file_name(), alg_dir.parent().and_then(Path::file_name)) else {
+            return;
+        };
+        let _ = fs::remove_file(self.root.join("private").join(kind).join(alg).join(hex));
     }
 
     fn private_marker(&self, kind: ContentKind, d: &Digest) -> PathBuf {
@@ -211,6 +320,17 @@ impl FsStore {
             let _ = fs::remove_file(&tmp.path);
         }
         result
+    }
+}
+
+/// Access is recorded at most this often per file, to keep hits free of metadata writes.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// Records an access in the file's modification time (ocicache's own LRU clock; see `eviction`).
+fn touch(file: &File, meta: &fs::Metadata) {
+    let stale = meta.modified().map(|t| t.elapsed().unwrap_or_default() >= TOUCH_EVERY).unwrap_or(true);
+    if stale {
+        let _ = file.set_modified(SystemTime::now());
     }
 }
 

@@ -3,6 +3,7 @@
 //! store knows nothing of registries' protocols or HTTP; it only promises that what it returns was
 //! committed whole.
 
+pub mod eviction;
 pub mod fs;
 
 pub use fs::{ContentKind, FsStore};

@@ -58,6 +58,14 @@ impl EgressPolicy {
                 p.add(host, port);
             }
         }
+        // An HTTP(S) proxy from the environment is the operator's choice too, wherever it lives.
+        for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+            if let Some(u) = std::env::var(var).ok().and_then(|v| Url::parse(&v).ok()) {
+                if let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) {
+                    p.add(host, port);
+                }
+            }
+        }
         for n in names {
             if let Ok(u) = Url::parse(&format!("https://{n}")) {
                 if let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) {

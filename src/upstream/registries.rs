@@ -39,6 +39,7 @@ impl Registries {
         for pattern in BUILTIN_ALLOWED.iter().copied().chain(allowed.iter().map(String::as_str)) {
             r.allow(pattern)?;
         }
+        r.operator_named = allowed.iter().filter_map(|a| RegistryName::parse(a).ok()).collect();
         Ok(r)
     }
 

@@ -91,3 +91,13 @@ fn creds_file_longest_prefix_wins() {
     assert!(!format!("{:?}", c).contains("p2"), "secrets must not be printed");
     assert!(Credentials::parse("ghcr.io:\n  user: x\n").is_err());
 }
+
+#[test]
+fn exact_operator_names_may_resolve_internally_but_builtins_may_not() {
+    let r = Registries::new(BTreeMap::new(), &["harbor.corp.example:8443".into(), "*.corp.example".into()]).unwrap();
+    let p = r.egress_policy();
+    assert!(p.allows_url(&url::Url::parse("https://harbor.corp.example:8443/v2/").unwrap()).is_ok());
+    let debug = format!("{p:?}");
+    assert!(debug.contains("harbor.corp.example"), "{debug}");
+    assert!(!debug.contains("ghcr.io"), "built-in names must not be trusted with internal addresses: {debug}");
+}
