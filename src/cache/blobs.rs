@@ -22,10 +22,12 @@ pub enum BlobAnswer {
         file: std::fs::File,
         size: u64,
     },
-    /// Being downloaded; `size` when the origin announced it.
+    /// Being downloaded; `size` when the origin announced it. `started`: by this request (a miss),
+    /// rather than joined (the origin is not asked again: a hit).
     Flight {
         flight: Arc<Flight>,
         size: Option<u64>,
+        started: bool,
     },
     /// HEAD: the size if known.
     Head {
@@ -38,7 +40,8 @@ impl BlobAnswer {
     pub fn result(&self) -> CacheResult {
         match self {
             BlobAnswer::Stored { .. } => CacheResult::Hit,
-            BlobAnswer::Flight { .. } => CacheResult::Miss,
+            BlobAnswer::Flight { started: true, .. } => CacheResult::Miss,
+            BlobAnswer::Flight { started: false, .. } => CacheResult::Hit,
             BlobAnswer::Head { result, .. } => *result,
         }
     }
@@ -132,21 +135,22 @@ impl Cache {
                 }
                 return Ok(BlobAnswer::Stored { file, size });
             }
-            Joined::Flight(f) => f,
+            Joined::Flight { flight, started } => (flight, started),
         };
+        let (flight, started) = flight;
         if flight.is_private() && !req.private_registry {
             // Joined a download another client was allowed to start: prove access too.
             self.confirm_if_private(req, true).await?;
         }
         match flight.started().await {
-            Ok(size) => Ok(BlobAnswer::Flight { flight, size }),
+            Ok(size) => Ok(BlobAnswer::Flight { flight, size, started }),
             Err(e) if e.wants_client_credentials() && req.client_auth.is_some() => {
                 // The origin wants credentials: fetch with the client's, store it as private.
                 let identity = Identity::Client(req.client_auth.cloned());
                 let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), identity);
                 let private = self.flights.private(req.digest, &label, open)?;
                 let size = private.started().await.map_err(Error::Shared)?;
-                Ok(BlobAnswer::Flight { flight: private, size })
+                Ok(BlobAnswer::Flight { flight: private, size, started: true })
             }
             Err(e) => Err(Error::Shared(e)),
         }

@@ -60,8 +60,15 @@ pub struct Flight {
 
 /// What a request gets: the committed blob, or a flight to read along with.
 pub enum Joined {
-    Stored { file: File, size: u64 },
-    Flight(Arc<Flight>),
+    Stored {
+        file: File,
+        size: u64,
+    },
+    /// `started`: this request started the download (a miss); otherwise it joined one (a hit).
+    Flight {
+        flight: Arc<Flight>,
+        started: bool,
+    },
 }
 
 pub struct Flights {
@@ -119,14 +126,14 @@ impl Flights {
     ) -> io::Result<Joined> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(digest) {
-            return Ok(Joined::Flight(f.clone()));
+            return Ok(Joined::Flight { flight: f.clone(), started: false });
         }
         if let Some((file, size)) = self.store.open_blob(digest)? {
             return Ok(Joined::Stored { file, size });
         }
         let flight = self.launch(digest, origin, opener, Commit::Shared { private })?;
         map.insert(digest.clone(), flight.clone());
-        Ok(Joined::Flight(flight))
+        Ok(Joined::Flight { flight, started: true })
     }
 
     /// A download for one client, with its own credentials: not shared with other clients while it
@@ -208,12 +215,20 @@ enum Commit {
 
 /// Writes a chunk at its offset. When the disk is full, asks for an eviction pass and tries once
 /// more (the write is positioned, so a partial first attempt is simply overwritten).
-async fn write_at(store: &FsStore, digest: &Digest, file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+/// `need`: bytes still to be written for this blob, so eviction frees enough at once.
+async fn write_at(
+    store: &FsStore,
+    digest: &Digest,
+    file: &File,
+    bytes: &[u8],
+    offset: u64,
+    need: u64,
+) -> io::Result<()> {
     match file.write_all_at(bytes, offset) {
         Err(e) if e.kind() == io::ErrorKind::StorageFull => {
             tracing::warn!(%digest, "disk full while storing a blob: evicting, then retrying");
             let seen = store.usage().passes();
-            store.usage().request_pass();
+            store.usage().request_pass(need);
             let waited = tokio::time::timeout(DISK_FULL_WAIT, store.usage().wait_for_pass_after(seen)).await;
             if waited.is_err() {
                 return Err(e);
@@ -257,7 +272,8 @@ async fn download(
             if total.is_some_and(|t| written + pending.len() as u64 > t) {
                 return Err(bad_body(origin, digest, "more bytes than Content-Length"));
             }
-            write_at(store, digest, &file, &pending, written).await?;
+            let need = total.map_or(pending.len() as u64, |t| t - written);
+            write_at(store, digest, &file, &pending, written, need).await?;
             hasher.update(&pending);
             written += pending.len() as u64;
             metrics.bytes_from_upstream.inc_by(pending.len() as u64);

@@ -201,17 +201,22 @@ fn blob_response(
     if head {
         return Ok(b.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     }
+    // Bytes a client gets without the origin being asked for them: stored, or a download it joined.
+    let counter = state.metrics.bytes_from_cache.clone();
+    let count = move |b: &bytes::Bytes| {
+        counter.inc_by(b.len() as u64);
+    };
     let body = match answer {
         BlobAnswer::Stored { file, .. } => {
-            let counter = state.metrics.bytes_from_cache.clone();
-            let stream = crate::cache::flight::read_file(file, range.start, range.end).inspect_ok(move |b| {
-                counter.inc_by(b.len() as u64);
-            });
-            Body::from_stream(stream)
+            Body::from_stream(crate::cache::flight::read_file(file, range.start, range.end).inspect_ok(count))
         }
-        BlobAnswer::Flight { flight, size, .. } => {
-            let end = size.map(|_| range.end);
-            Body::from_stream(flight.read(range.start, end))
+        BlobAnswer::Flight { flight, size, started } => {
+            let stream = flight.read(range.start, size.map(|_| range.end));
+            if started {
+                Body::from_stream(stream)
+            } else {
+                Body::from_stream(stream.inspect_ok(count))
+            }
         }
         BlobAnswer::Head { .. } => Body::empty(),
     };

@@ -130,7 +130,8 @@ pub fn spawn(store: FsStore, policy: EvictionPolicy, metrics: Arc<Metrics>) {
                 let all = scan(&s);
                 let total: u64 = all.iter().map(|c| c.size).sum();
                 let count = all.len() as u64;
-                let shrink_to = forced.then_some((total as f64 * LOW_WATERMARK) as u64);
+                let need = s.usage().take_needed();
+                let shrink_to = forced.then_some(((total as f64 * LOW_WATERMARK) as u64).saturating_sub(need));
                 let victims = plan(all, &policy, shrink_to, SystemTime::now());
                 let (files, bytes) = evict(&s, &victims);
                 s.usage().reset(total.saturating_sub(bytes), count.saturating_sub(files));

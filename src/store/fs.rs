@@ -59,6 +59,7 @@ pub struct Usage {
     entries: AtomicU64,
     changed: Notify,
     forced: AtomicBool,
+    needed: AtomicU64,
     passes: AtomicU64,
     passed: Notify,
 }
@@ -83,10 +84,17 @@ impl Usage {
         self.entries.store(entries, Ordering::Relaxed);
     }
 
-    /// A write ran out of space: ask for a pass that frees room even below `--max-size`.
-    pub fn request_pass(&self) {
+    /// A write ran out of space: ask for a pass that frees at least `need` bytes (and a tenth of the
+    /// store), even below `--max-size`.
+    pub fn request_pass(&self, need: u64) {
+        self.needed.fetch_max(need, Ordering::SeqCst);
         self.forced.store(true, Ordering::SeqCst);
         self.changed.notify_one();
+    }
+
+    /// Bytes asked for by writers that ran out of space since the last pass.
+    pub fn take_needed(&self) -> u64 {
+        self.needed.swap(0, Ordering::SeqCst)
     }
 
     /// Waits for growth or a request; returns whether a pass was requested.
