@@ -67,20 +67,76 @@ pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri
     };
     let status = response.status().as_u16();
     state.metrics.http_request(route_label, method.as_str(), status);
-    if let Some((target, result)) = target {
+    match target {
+        Some((target, result)) => {
+            let expected = response
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|_| !head);
+            let log = RequestLog {
+                method,
+                registry: target.registry.to_string(),
+                repository: target.repository.to_string(),
+                reference: uri.path().rsplit('/').next().unwrap_or("").to_owned(),
+                route: route_label,
+                status,
+                cache: result.map(CacheResult::as_str).unwrap_or("-"),
+                started,
+                bytes: 0,
+                expected,
+            };
+            log_when_sent(response, log)
+        }
+        None => response,
+    }
+}
+
+/// The one log line per request, written when the body has been sent (or the client went away), so
+/// it can say how many bytes went out and how long it took.
+struct RequestLog {
+    method: Method,
+    registry: String,
+    repository: String,
+    reference: String,
+    route: &'static str,
+    status: u16,
+    cache: &'static str,
+    started: Instant,
+    bytes: u64,
+    expected: Option<u64>,
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let complete = self.expected.is_none_or(|e| e == self.bytes);
         tracing::info!(
-            %method,
-            registry = %target.registry,
-            repository = %target.repository,
-            route = route_label,
-            path = %uri.path(),
-            status,
-            cache = result.map(CacheResult::as_str).unwrap_or("-"),
-            ms = started.elapsed().as_millis() as u64,
+            method = %self.method,
+            registry = %self.registry,
+            repository = %self.repository,
+            reference = %self.reference,
+            route = self.route,
+            status = self.status,
+            cache = self.cache,
+            bytes = self.bytes,
+            complete,
+            ms = self.started.elapsed().as_millis() as u64,
             "request"
         );
     }
-    response
+}
+
+fn log_when_sent(response: Response, mut log: RequestLog) -> Response {
+    let (parts, body) = response.into_parts();
+    let counted = body.into_data_stream().inspect(move |chunk| {
+        // Borrow the whole record, so the closure owns it and it is logged when the body is dropped.
+        let log: &mut RequestLog = &mut log;
+        if let Ok(b) = chunk {
+            log.bytes += b.len() as u64;
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(counted))
 }
 
 /// containerd's `?ns=<registry>`; the only query parameter ocicache reads on manifests and blobs.
