@@ -66,6 +66,14 @@ pub struct Cli {
     #[arg(global = true, short = 't', long, value_name = "REGEX")]
     pub skip_tags: Option<String>,
 
+    /// Docker config.json (or a mounted .dockerconfigjson pull secret): auths, credHelpers, credsStore
+    #[arg(global = true, long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+
+    /// How long credentials from a credential helper are reused [default: 5m]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub credential_ttl: Option<Duration>,
+
     /// YAML credentials for origins: `<host>[/<path prefix>]: {username, password}`, longest prefix wins
     #[arg(global = true, short = 'f', long, value_name = "FILE")]
     pub creds_file: Option<PathBuf>,
@@ -213,6 +221,9 @@ pub struct FileConfig {
     pub cache_manifests: Option<bool>,
     pub skip_tags: Option<String>,
     pub creds_file: Option<PathBuf>,
+    pub docker_config: Option<PathBuf>,
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub credential_ttl: Option<Duration>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -256,6 +267,25 @@ pub struct RegistryFileConfig {
     /// Same as `--upstream NAME=URL,...`.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Runs `docker-credential-<name> get` for this registry's credentials (or a path to a helper).
+    pub credential_helper: Option<String>,
+    /// Extra CA bundle (PEM) trusted for this origin only.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS with this origin; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Skip certificate verification for this origin (self-signed test setups). Defaults stay strict.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// TLS settings for one origin, beyond the system's trust store.
+#[derive(Debug, Clone, Default)]
+pub struct OriginTls {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 /// The validated configuration the server runs with.
@@ -264,7 +294,13 @@ pub struct Config {
     pub listen: SocketAddr,
     pub cache_dir: PathBuf,
     pub policy: TagPolicy,
-    pub credentials: Credentials,
+    /// Files and helpers for origin credentials (read again when they change).
+    pub creds_file: Option<PathBuf>,
+    pub docker_config: Option<PathBuf>,
+    pub credential_helpers: Vec<(RegistryName, String)>,
+    pub credential_ttl: Duration,
+    /// Per-origin TLS settings.
+    pub origin_tls: BTreeMap<RegistryName, OriginTls>,
     pub registries: Registries,
     pub default_registry: RegistryName,
     pub log_level: String,
@@ -342,10 +378,38 @@ impl Config {
         };
 
         let mut endpoints: BTreeMap<RegistryName, Vec<Url>> = BTreeMap::new();
+        let mut credential_helpers = Vec::new();
+        let mut origin_tls = BTreeMap::new();
         for (name, reg) in &file.registries {
+            let registry = parse_name(name, &format!("registries.\"{name}\""))?;
             if !reg.endpoints.is_empty() {
                 let key = format!("registries.\"{name}\".endpoints");
-                endpoints.insert(parse_name(name, &key)?, parse_urls(&reg.endpoints, &key)?);
+                endpoints.insert(registry.clone(), parse_urls(&reg.endpoints, &key)?);
+            }
+            if let Some(helper) = &reg.credential_helper {
+                if helper.is_empty() || helper.contains(char::is_whitespace) {
+                    return Err(invalid(format!(
+                        "registries.\"{name}\".credential_helper: {helper:?} is not a helper name"
+                    )));
+                }
+                credential_helpers.push((registry.clone(), helper.clone()));
+            }
+            if reg.client_cert.is_some() != reg.client_key.is_some() {
+                return Err(invalid(format!("registries.\"{name}\": client_cert and client_key go together")));
+            }
+            for f in [&reg.ca, &reg.client_cert, &reg.client_key].into_iter().flatten() {
+                if !f.is_file() {
+                    return Err(invalid(format!("registries.\"{name}\": {} is not a readable file", f.display())));
+                }
+            }
+            if reg.ca.is_some() || reg.client_cert.is_some() || reg.insecure {
+                let tls = OriginTls {
+                    ca: reg.ca.clone(),
+                    client_cert: reg.client_cert.clone(),
+                    client_key: reg.client_key.clone(),
+                    insecure: reg.insecure,
+                };
+                origin_tls.insert(registry, tls);
             }
         }
         for spec in &cli.upstream {
@@ -367,6 +431,14 @@ impl Config {
         allowed.extend(cli.allow_registry);
         allowed.extend(private_registries.iter().map(ToString::to_string));
         allowed.extend(credentials.registries().map(ToString::to_string));
+        allowed.extend(credential_helpers.iter().map(|(r, _)| r.to_string()));
+        let docker_config = cli.docker_config.or(file.docker_config);
+        if let Some(p) = &docker_config {
+            // Validated now (a broken file fails the start); read again when it changes.
+            let sources = crate::upstream::sources::CredentialSources::new(Vec::new(), None, Some(p), Duration::ZERO)
+                .map_err(invalid)?;
+            allowed.extend(sources.registries().iter().map(ToString::to_string));
+        }
         let registries = Registries::new(endpoints, &allowed).map_err(invalid)?;
 
         let default_name = cli.default_registry.or(file.default_registry).unwrap_or_else(|| "docker.io".to_owned());
@@ -433,7 +505,11 @@ impl Config {
             eviction,
             shutdown_timeout: cli.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
             shutdown_delay: cli.shutdown_delay.or(file.shutdown_delay).unwrap_or(Duration::ZERO),
-            credentials,
+            creds_file,
+            docker_config,
+            credential_helpers,
+            credential_ttl: cli.credential_ttl.or(file.credential_ttl).unwrap_or(Duration::from_secs(300)),
+            origin_tls,
             registries,
             default_registry,
             log_level,

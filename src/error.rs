@@ -41,7 +41,16 @@ pub enum Error {
     Upstream(Box<UpstreamStatus>),
 
     #[error("the credentials configured for {registry} were rejected by the registry ({detail})")]
-    CredentialsRejected { registry: RegistryName, detail: String, challenge: Option<HeaderValue> },
+    CredentialsRejected {
+        registry: RegistryName,
+        detail: String,
+        challenge: Option<HeaderValue>,
+        /// The helper that supplied them, asked again once before giving up.
+        helper: Option<String>,
+    },
+
+    #[error("no credentials for {registry}: {reason}")]
+    CredentialSource { registry: RegistryName, reason: String },
 
     #[error("cannot reach {registry}: {reason}")]
     Unreachable { registry: RegistryName, reason: String },
@@ -127,6 +136,7 @@ impl Error {
                 }
                 (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
             }
+            Error::CredentialSource { .. } => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             Error::Unreachable { .. } | Error::EgressRefused { .. } => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
             }

@@ -26,9 +26,16 @@ pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
     let store = store::FsStore::open(&config.cache_dir)
         .map_err(|e| format!("cannot open cache directory {}: {e}", config.cache_dir.display()))?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let sources = upstream::sources::CredentialSources::new(
+        config.credential_helpers.clone(),
+        config.creds_file.as_deref(),
+        config.docker_config.as_deref(),
+        config.credential_ttl,
+    )?;
     let origin = upstream::OriginClient::new(
         config.registries.clone(),
-        config.credentials.clone(),
+        sources,
+        &config.origin_tls,
         config.origin.clone(),
         metrics.clone(),
     )?;

@@ -202,10 +202,26 @@ impl TokenCache {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = http.get(url);
-        if let Some(c) = credential {
-            req = req.basic_auth(&c.username, Some(&c.password));
-        }
+        let req = match credential {
+            // An OAuth2 refresh token (docker's `identitytoken`): the token endpoint's POST form.
+            Some(c) if c.username == super::sources::IDENTITY_TOKEN_USER => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token");
+                form.append_pair("refresh_token", &c.password);
+                form.append_pair("client_id", "ocicache");
+                form.append_pair("scope", scope);
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                let mut base = url.clone();
+                base.set_query(None);
+                http.post(base)
+                    .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.finish())
+            }
+            Some(c) => http.get(url).basic_auth(&c.username, Some(&c.password)),
+            None => http.get(url),
+        };
         let resp = req.send().await.map_err(|e| failed(crate::upstream::client::describe(&e)))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {

@@ -2,7 +2,7 @@
 //! the client's own, and the token flow. Redirects (blob GETs often answer 307 to a CDN) are followed
 //! by reqwest, which drops `Authorization` when the host changes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,13 +11,15 @@ use http::{HeaderValue, Method, StatusCode};
 use url::Url;
 
 use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
-use super::creds::{Credential, Credentials};
+use super::creds::Credential;
 use super::egress::EgressPolicy;
 use super::health::OriginHealth;
 use super::registries::Registries;
+use super::sources::{CredentialSources, Sourced};
+use crate::config::OriginTls;
 use crate::error::{Error, Resource, UpstreamStatus};
 use crate::metrics::Metrics;
-use crate::oci::Target;
+use crate::oci::{RegistryName, Target};
 
 /// Whose identity a request to an origin carries.
 #[derive(Debug, Clone)]
@@ -72,7 +74,9 @@ pub struct OriginClient {
     health: OriginHealth,
     metrics: Arc<Metrics>,
     registries: Registries,
-    creds: Credentials,
+    creds: CredentialSources,
+    /// Clients for origins with their own TLS settings (CA, mTLS, insecure); others use `http`.
+    tls_clients: BTreeMap<RegistryName, reqwest::Client>,
     tokens: TokenCache,
     /// Endpoints that answered with a Basic challenge: later requests send Basic credentials at once.
     basic_endpoints: Mutex<HashSet<String>>,
@@ -84,21 +88,31 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 impl OriginClient {
     pub fn new(
         registries: Registries,
-        creds: Credentials,
+        creds: CredentialSources,
+        origin_tls: &BTreeMap<RegistryName, OriginTls>,
         options: OriginOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let egress = registries.egress_policy();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ocicache/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(READ_TIMEOUT)
-            .redirect(egress.redirect_policy())
-            .dns_resolver(egress.resolver())
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("ocicache/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(options.connect_timeout)
+                .read_timeout(READ_TIMEOUT)
+                .redirect(egress.redirect_policy())
+                .dns_resolver(egress.resolver())
+        };
+        let http = builder().build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let mut tls_clients = BTreeMap::new();
+        for (registry, tls) in origin_tls {
+            let client = with_tls(builder(), tls)
+                .and_then(|b| b.build().map_err(|e| e.to_string()))
+                .map_err(|e| format!("registries.\"{registry}\" TLS settings: {e}"))?;
+            tls_clients.insert(registry.clone(), client);
+        }
         Ok(OriginClient {
             http,
+            tls_clients,
             egress,
             health: OriginHealth::new(options.endpoint_backoff),
             options,
@@ -108,6 +122,10 @@ impl OriginClient {
             tokens: TokenCache::default(),
             basic_endpoints: Mutex::default(),
         })
+    }
+
+    fn http_for(&self, registry: &RegistryName) -> &reqwest::Client {
+        self.tls_clients.get(registry).unwrap_or(&self.http)
     }
 
     pub fn registries(&self) -> &Registries {
@@ -161,18 +179,34 @@ impl OriginClient {
         Err(last.unwrap_or_else(|| Error::Unreachable { registry: registry.clone(), reason: "no endpoints".into() }))
     }
 
+    /// One endpoint; when credentials from a helper are rejected, the helper is asked once more.
     async fn attempt(&self, endpoint: &Url, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
+        match self.attempt_with(endpoint, req).await {
+            Err(Error::CredentialsRejected { helper: Some(helper), .. }) => {
+                tracing::info!(registry = %req.target.registry, %helper, "credentials rejected; asking the helper again");
+                self.creds.invalidate(&helper, &req.target.registry);
+                self.attempt_with(endpoint, req).await
+            }
+            other => other,
+        }
+    }
+
+    async fn attempt_with(&self, endpoint: &Url, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
         let url = format!("{}/v2/{}/{}", endpoint.as_str().trim_end_matches('/'), req.target.repository, req.path);
         let url = Url::parse(&url).map_err(|e| self.unreachable(req, format!("bad URL {url}: {e}")))?;
 
-        let credential = match &req.identity {
+        let sourced: Option<Sourced> = match &req.identity {
             Identity::Client(Some(client_auth)) => {
                 let resp = self.send_once(req, &url, Some(client_auth.clone())).await?;
                 return self.classify(req, resp);
             }
             Identity::Client(None) => None,
-            Identity::Cache => self.creds.lookup(&req.target.registry, &req.target.repository),
+            Identity::Cache => self.creds.lookup(&req.target.registry, &req.target.repository).await.map_err(|e| {
+                tracing::warn!(registry = %req.target.registry, error = %e, "no credentials from the configured source");
+                Error::CredentialSource { registry: req.target.registry.clone(), reason: e.to_string() }
+            })?,
         };
+        let credential = sourced.as_ref().map(|s| &s.credential);
         let key = TokenKey {
             registry: req.target.registry.to_string(),
             endpoint: endpoint.to_string(),
@@ -194,8 +228,12 @@ impl OriginClient {
         let challenge = challenge_header.as_ref().and_then(|h| h.to_str().ok()).map(Challenge::parse);
         let rejected = |detail: String| Error::CredentialsRejected {
             registry: req.target.registry.clone(),
-            detail,
+            detail: match &sourced {
+                Some(s) => format!("{detail}; credentials from {}", s.source),
+                None => detail,
+            },
             challenge: challenge_header.clone(),
+            helper: sourced.as_ref().and_then(|s| s.helper.clone()),
         };
         match challenge {
             Some(Challenge::Bearer { realm, service, scope }) => {
@@ -221,7 +259,7 @@ impl OriginClient {
                     credential: use_cred,
                     rejected: stale,
                 };
-                let token = self.tokens.fetch(&self.http, &key, &token_req).await;
+                let token = self.tokens.fetch(self.http_for(&req.target.registry), &key, &token_req).await;
                 match token {
                     Ok(token) => {
                         let resp = self.send_once(req, &url, Some(bearer(&token))).await?;
@@ -261,7 +299,7 @@ impl OriginClient {
         url: &Url,
         auth: Option<HeaderValue>,
     ) -> Result<reqwest::Response, Error> {
-        let mut builder = self.http.request(req.method.clone(), url.clone());
+        let mut builder = self.http_for(&req.target.registry).request(req.method.clone(), url.clone());
         if let Some(a) = &req.accept {
             builder = builder.header(ACCEPT, a);
         }
@@ -383,4 +421,24 @@ pub fn describe(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Adds an origin's own TLS settings: an extra CA, a client certificate, or (explicitly) no checks.
+fn with_tls(mut b: reqwest::ClientBuilder, tls: &OriginTls) -> Result<reqwest::ClientBuilder, String> {
+    if let Some(ca) = &tls.ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{}: {e}", ca.display()))? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        let mut pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?);
+        b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| format!("client certificate: {e}"))?);
+    }
+    if tls.insecure {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    Ok(b)
 }

@@ -43,6 +43,7 @@ impl Credentials {
         Self::parse(&text).map_err(|e| format!("creds file {}: {e}", path.display()))
     }
 
+    /// Parses the YAML text (also used to re-read the file when it changes).
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.trim().is_empty() {
             return Ok(Self::default());

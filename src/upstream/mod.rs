@@ -7,6 +7,7 @@ pub mod creds;
 pub mod egress;
 pub mod health;
 pub mod registries;
+pub mod sources;
 
 pub use client::{Identity, OriginClient, OriginOptions, OriginRequest};
 pub use creds::{Credential, Credentials};

@@ -132,8 +132,14 @@ pub fn ocicache_bin() -> Command {
 
 impl CacheProcess {
     pub fn spawn(args: &[&str]) -> CacheProcess {
+        Self::spawn_env(args, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables (e.g. a PATH with test credential helpers).
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> CacheProcess {
         let port = super::free_port();
         let child = ocicache_bin()
+            .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .stdout(Stdio::null())

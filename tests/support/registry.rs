@@ -48,6 +48,8 @@ pub struct Registry {
 struct Extra {
     htpasswd: Option<String>,
     proxy_remote: Option<String>,
+    /// (certificate, key) PEM files: serve HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Registry {
@@ -67,6 +69,12 @@ impl Registry {
             file.push('\n');
         }
         Self::launch(Extra { htpasswd: Some(file), ..Extra::default() })
+    }
+
+    /// Registry serving HTTPS with this certificate and key (PEM). Its access log can't be synced
+    /// with a plain-HTTP sentinel, so `requests()` is not for this one.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> Registry {
+        Self::launch(Extra { tls: Some((cert.to_path_buf(), key.to_path_buf())), ..Extra::default() })
     }
 
     /// Pull-through proxy registry (`proxy: {remoteurl: ...}`), the peer to benchmark against.
@@ -120,6 +128,10 @@ impl Registry {
                 "http:".into(),
                 format!("  addr: 127.0.0.1:{}", reg.port),
                 "  secret: ocicache-test-secret".into(),
+                match &extra.tls {
+                    Some((c, k)) => format!("  tls:\n    certificate: {}\n    key: {}", c.display(), k.display()),
+                    None => String::new(),
+                },
                 auth.clone(),
                 proxy.clone(),
             ]

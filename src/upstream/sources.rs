@@ -1,0 +1,297 @@
+//! Where operator credentials for an origin come from, in order: a credential helper configured for
+//! the registry (`credential_helper = "gcr"` runs `docker-credential-gcr`), the `--creds-file` YAML,
+//! then a docker `config.json` (`--docker-config`: `auths`, `credHelpers`, `credsStore`). Files are
+//! re-read when they change (secrets rotate); helper answers are cached for `credential_ttl` and
+//! fetched again at once when the origin rejects them. No secret is ever logged or put in an error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::creds::{Credential, Credentials};
+use crate::oci::{RegistryName, Repository};
+
+/// A credential and where it came from (for error messages; never includes the secret).
+#[derive(Debug, Clone)]
+pub struct Sourced {
+    pub credential: Credential,
+    pub source: String,
+    /// From a helper: worth asking again when the origin rejects it.
+    pub helper: Option<String>,
+}
+
+/// Why no credential could be had from a configured source.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{from}: {reason}")]
+pub struct SourceError {
+    pub from: String,
+    pub reason: String,
+}
+
+/// (modification time, size, last look, parsed content) of a reloading file.
+type FileState<T> = (Option<(SystemTime, u64)>, Option<T>, Option<Instant>);
+
+/// A file that is parsed again when its modification time or size changes.
+struct Reloading<T> {
+    path: PathBuf,
+    parse: fn(&str) -> Result<T, String>,
+    state: Mutex<FileState<T>>,
+}
+
+/// Files are looked at again at most this often.
+const RECHECK: Duration = Duration::from_secs(1);
+
+impl<T: Clone> Reloading<T> {
+    fn new(path: &Path, parse: fn(&str) -> Result<T, String>) -> Result<Self, String> {
+        let r = Reloading { path: path.to_path_buf(), parse, state: Mutex::new((None, None, None)) };
+        r.current().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(r)
+    }
+
+    /// The parsed file; the last good version when a rewrite is half done or broken.
+    fn current(&self) -> Result<T, String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let due = st.2.is_none_or(|t| t.elapsed() >= RECHECK);
+        if due {
+            st.2 = Some(Instant::now());
+            let meta = std::fs::metadata(&self.path).map_err(|e| e.to_string());
+            let stamp = meta.as_ref().ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+            if stamp.is_some() && stamp != st.0 {
+                match std::fs::read_to_string(&self.path).map_err(|e| e.to_string()).and_then(|t| (self.parse)(&t)) {
+                    Ok(v) => {
+                        if st.0.is_some() {
+                            tracing::info!(path = %self.path.display(), "credentials file changed; reloaded");
+                        }
+                        *st = (stamp, Some(v), st.2);
+                    }
+                    Err(e) if st.1.is_some() => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "credentials file unreadable; keeping the last good version");
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if let (Err(e), None) = (&meta, &st.1) {
+                return Err(e.clone());
+            }
+        }
+        st.1.clone().ok_or_else(|| "not loaded".to_owned())
+    }
+}
+
+/// The parts of a docker `config.json` (or a `.dockerconfigjson` pull secret) that give credentials.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuth>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct DockerAuth {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    identitytoken: Option<String>,
+}
+
+/// `https://index.docker.io/v1/`, `ghcr.io`, `http://localhost:5000` -> the registry name.
+fn docker_key(key: &str) -> Option<RegistryName> {
+    let k = key.trim();
+    let k = k.strip_prefix("https://").or_else(|| k.strip_prefix("http://")).unwrap_or(k);
+    RegistryName::parse(k.split('/').next()?).ok()
+}
+
+impl DockerConfig {
+    fn parse(text: &str) -> Result<DockerConfig, String> {
+        serde_json::from_str(text).map_err(|e| format!("not a docker config.json: {e}"))
+    }
+
+    fn auth_for(&self, registry: &RegistryName) -> Option<Credential> {
+        let (_, a) = self.auths.iter().find(|(k, _)| docker_key(k).as_ref() == Some(registry))?;
+        if let Some(token) = a.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+            return Some(Credential { username: IDENTITY_TOKEN_USER.into(), password: token.clone() });
+        }
+        if let (Some(u), Some(p)) = (&a.username, &a.password) {
+            return Some(Credential { username: u.clone(), password: p.clone() });
+        }
+        let decoded = base64::engine::general_purpose::STANDARD.decode(a.auth.as_ref()?.trim()).ok()?;
+        let (u, p) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        Some(Credential { username: u.to_owned(), password: p.to_owned() })
+    }
+
+    fn helper_for(&self, registry: &RegistryName) -> Option<String> {
+        self.cred_helpers
+            .iter()
+            .find(|(k, _)| docker_key(k).as_ref() == Some(registry))
+            .map(|(_, h)| h.clone())
+            .or_else(|| self.creds_store.clone())
+    }
+}
+
+/// Docker's convention for an OAuth2 refresh token in place of a password.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
+/// The server string a helper expects on stdin for a registry.
+fn helper_server(registry: &RegistryName) -> String {
+    if registry.is_docker_hub() {
+        "https://index.docker.io/v1/".to_owned()
+    } else {
+        registry.to_string()
+    }
+}
+
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+pub struct CredentialSources {
+    /// Per-registry helpers from the config file: (registry, helper name).
+    helpers: Vec<(RegistryName, String)>,
+    creds_file: Option<Reloading<Credentials>>,
+    docker: Option<Reloading<DockerConfig>>,
+    helper_ttl: Duration,
+    helper_cache: Mutex<HashMap<(String, String), (Sourced, Instant)>>,
+}
+
+/// How long a helper may take.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl CredentialSources {
+    pub fn new(
+        helpers: Vec<(RegistryName, String)>,
+        creds_file: Option<&Path>,
+        docker_config: Option<&Path>,
+        helper_ttl: Duration,
+    ) -> Result<Self, String> {
+        Ok(CredentialSources {
+            helpers,
+            creds_file: creds_file
+                .map(|p| Reloading::new(p, Credentials::parse).map_err(|e| format!("--creds-file {e}")))
+                .transpose()?,
+            docker: docker_config
+                .map(|p| Reloading::new(p, DockerConfig::parse).map_err(|e| format!("--docker-config {e}")))
+                .transpose()?,
+            helper_ttl,
+            helper_cache: Mutex::default(),
+        })
+    }
+
+    /// Registries named by the sources, which the operator therefore means to reach.
+    pub fn registries(&self) -> Vec<RegistryName> {
+        let mut out: Vec<RegistryName> = self.helpers.iter().map(|(r, _)| r.clone()).collect();
+        if let Some(c) = self.creds_file.as_ref().and_then(|f| f.current().ok()) {
+            out.extend(c.registries().cloned());
+        }
+        if let Some(d) = self.docker.as_ref().and_then(|f| f.current().ok()) {
+            out.extend(d.auths.keys().chain(d.cred_helpers.keys()).filter_map(|k| docker_key(k)));
+        }
+        out
+    }
+
+    /// The operator's credential for this repository, if any source has one.
+    pub async fn lookup(&self, registry: &RegistryName, repo: &Repository) -> Result<Option<Sourced>, SourceError> {
+        if let Some((_, helper)) = self.helpers.iter().find(|(r, _)| r == registry) {
+            return self.ask_helper(helper, registry).await.map(Some);
+        }
+        if let Some(file) = &self.creds_file {
+            let creds = file.current().map_err(|reason| SourceError { from: "--creds-file".into(), reason })?;
+            if let Some(c) = creds.lookup(registry, repo) {
+                return Ok(Some(Sourced { credential: c.clone(), source: "--creds-file".into(), helper: None }));
+            }
+        }
+        if let Some(file) = &self.docker {
+            let cfg = file.current().map_err(|reason| SourceError { from: "--docker-config".into(), reason })?;
+            if let Some(c) = cfg.auth_for(registry) {
+                return Ok(Some(Sourced { credential: c, source: "--docker-config auths".into(), helper: None }));
+            }
+            if let Some(helper) = cfg.helper_for(registry) {
+                return self.ask_helper(&helper, registry).await.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The origin rejected a helper's credential: forget it, so the next lookup asks the helper again.
+    pub fn invalidate(&self, helper: &str, registry: &RegistryName) {
+        let mut cache = self.helper_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.remove(&(helper.to_owned(), registry.to_string()));
+    }
+
+    async fn ask_helper(&self, helper: &str, registry: &RegistryName) -> Result<Sourced, SourceError> {
+        let key = (helper.to_owned(), registry.to_string());
+        if let Some((s, at)) = self.helper_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if at.elapsed() < self.helper_ttl {
+                return Ok(s.clone());
+            }
+        }
+        let program = if helper.contains('/') { helper.to_owned() } else { format!("docker-credential-{helper}") };
+        let source = format!("credential helper {program}");
+        let fail = |reason: String| SourceError { from: source.clone(), reason };
+        let mut child = tokio::process::Command::new(&program)
+            .arg("get")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("cannot run it ({e}); is it installed and on PATH?")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(helper_server(registry).as_bytes()).await;
+        }
+        let out = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| fail(format!("no answer within {}s", HELPER_TIMEOUT.as_secs())))?
+            .map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let msg = if stderr.trim().is_empty() { stdout } else { stderr };
+            return Err(fail(format!("exited with {}: {}", out.status, crate::oci::digest::truncate(msg.trim()))));
+        }
+        let answer: HelperAnswer =
+            serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("unreadable answer: {e}")))?;
+        let sourced = Sourced {
+            credential: Credential { username: answer.username, password: answer.secret },
+            source,
+            helper: Some(helper.to_owned()),
+        };
+        tracing::info!(%registry, helper = %program, "credentials from helper");
+        self.helper_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (sourced.clone(), Instant::now()));
+        Ok(sourced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_auths_and_helpers() {
+        let cfg = DockerConfig::parse(
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="},
+                "ghcr.io":{"username":"u","password":"p"},
+                "myacr.azurecr.io":{"identitytoken":"refresh"}},
+               "credHelpers":{"us-docker.pkg.dev":"gcr"},"credsStore":"desktop"}"#,
+        )
+        .unwrap();
+        let r = |s: &str| RegistryName::parse(s).unwrap();
+        assert_eq!(cfg.auth_for(&r("docker.io")).unwrap().password, "secret");
+        assert_eq!(cfg.auth_for(&r("ghcr.io")).unwrap().username, "u");
+        assert_eq!(cfg.auth_for(&r("myacr.azurecr.io")).unwrap().username, IDENTITY_TOKEN_USER);
+        assert_eq!(cfg.helper_for(&r("us-docker.pkg.dev")).as_deref(), Some("gcr"));
+        assert_eq!(cfg.helper_for(&r("quay.io")).as_deref(), Some("desktop"));
+        assert!(cfg.auth_for(&r("quay.io")).is_none());
+    }
+}
