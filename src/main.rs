@@ -10,6 +10,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Hosts(args)) = command {
         return cmd::hosts::run(args);
     }
+    if matches!(command, Some(Command::Warm(_))) && cli.log_level.is_none() {
+        // The embedded server's per-request lines would break up warm's progress bars.
+        cli.log_level = Some("warn".to_owned());
+    }
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
