@@ -172,25 +172,12 @@ fn tls_serves_https_to_real_clients() {
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", random_bytes(20_000, 3))]);
     push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
-    let (cert, key) = (dir.path().join("certs/ca.crt"), dir.path().join("key.pem"));
-    std::fs::create_dir_all(cert.parent().unwrap()).unwrap();
-    run_ok(std::process::Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=ocicache-test",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]));
+    let certs = ca_and_server_cert(dir.path());
+    let (cert, key) = (certs.cert.clone(), certs.key.clone());
+    // skopeo trusts the `*.crt` files of a certificate directory.
+    let cert_dir = dir.path().join("trust");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    std::fs::copy(&certs.ca, cert_dir.join("ca.crt")).unwrap();
     let cache = Cache::start(&[
         "--upstream",
         &format!("one.test={}", upstream.url()),
@@ -202,16 +189,16 @@ fn tls_serves_https_to_real_clients() {
     let out = run_ok(std::process::Command::new("curl").args([
         "-sS",
         "--cacert",
-        cert.to_str().unwrap(),
+        certs.ca.to_str().unwrap(),
         &format!("https://{}/v2/", cache.addr()),
     ]));
     assert_eq!(out.stdout, b"{}");
     let d = tempfile::tempdir().unwrap();
-    let certs = cert.parent().unwrap().to_str().unwrap().to_owned();
+    let certs_dir = cert_dir.to_str().unwrap().to_owned();
     let out = run_output(std::process::Command::new("skopeo").args([
         "copy",
         "--src-cert-dir",
-        &certs,
+        &certs_dir,
         &format!("docker://{}/one.test/test/img:1", cache.addr()),
         &format!("dir:{}", d.path().display()),
     ]));

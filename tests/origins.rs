@@ -124,56 +124,8 @@ fn requests_with_neither_ns_nor_a_registry_go_to_the_default_registry() {
 #[test]
 fn an_https_origin_with_a_private_ca_works_only_with_that_ca_configured() {
     let dir = tempfile::tempdir().unwrap();
-    // A private CA and a server certificate it signed (rustls refuses a CA used as the server cert).
-    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
-    let ssl = |args: &[&str]| run_ok(std::process::Command::new("openssl").args(args));
-    ssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=ocicache test CA",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-    ]);
-    ssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &p("key.pem"),
-        "-out",
-        &p("srv.csr"),
-    ]);
-    std::fs::write(p("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    ssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("srv.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &p("ext"),
-        "-out",
-        &p("srv.pem"),
-    ]);
-    let (cert, key) = (dir.path().join("srv.pem"), dir.path().join("key.pem"));
-    let ca = dir.path().join("ca.pem");
+    let certs = ca_and_server_cert(dir.path());
+    let (cert, key, ca) = (certs.cert, certs.key, certs.ca);
     let upstream = Registry::start_with_tls(&cert, &key);
     let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("x", "over tls")]);
     push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);

@@ -11,12 +11,14 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cache;
+pub mod certs;
 pub mod containerd;
 pub mod fake;
 pub mod image;
 pub mod registry;
 
 pub use cache::*;
+pub use certs::*;
 pub use containerd::*;
 pub use fake::*;
 pub use image::*;
