@@ -49,6 +49,7 @@ impl ContentKind {
 pub struct FsStore {
     root: PathBuf,
     usage: Arc<Usage>,
+    hot: Arc<super::hot::HotCache>,
 }
 
 /// Approximate bytes and files in the store, kept between eviction passes (each pass rescans and
@@ -138,7 +139,7 @@ impl FsStore {
         for dir in ["blobs", "manifests", "tags", "private", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        let store = FsStore { root: root.to_path_buf(), usage: Arc::default() };
+        let store = FsStore { root: root.to_path_buf(), usage: Arc::default(), hot: Arc::default() };
         store.remove_stale_temp_files();
         Ok(store)
     }
@@ -221,7 +222,26 @@ impl FsStore {
     }
 
     pub fn manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
-        let mut file = match File::open(self.content_path("manifests", d)) {
+        let path = self.content_path("manifests", d);
+        if let Some((m, touched)) = self.hot.manifest(d) {
+            if touched.elapsed() < TOUCH_EVERY {
+                return Ok(Some(m));
+            }
+            // Record the access on disk (for eviction) at most once a minute, and make sure the file
+            // is still there: an evicted manifest is fetched again rather than served from memory.
+            match File::open(&path) {
+                Ok(f) => {
+                    if let Ok(meta) = f.metadata() {
+                        touch(&f, &meta);
+                    }
+                    self.hot.put_manifest(m.clone(), std::time::Instant::now());
+                    return Ok(Some(m));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -235,7 +255,9 @@ impl FsStore {
         };
         let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
         let bytes = Bytes::from(raw).slice(nl + 1..);
-        Ok(Some(StoredManifest { digest: d.clone(), media_type, bytes }))
+        let m = StoredManifest { digest: d.clone(), media_type, bytes };
+        self.hot.put_manifest(m.clone(), std::time::Instant::now());
+        Ok(Some(m))
     }
 
     /// Stores manifest bytes under their digest. The caller has verified `d` against `bytes`.
@@ -294,7 +316,16 @@ impl FsStore {
     /// Every media type's entry for a tag.
     pub fn tag_entries(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> io::Result<Vec<TagEntry>> {
         let dir = self.tag_dir(registry, repo, tag);
-        let entries = match fs::read_dir(&dir) {
+        if let Some(entries) = self.hot.tag(&dir) {
+            return Ok(entries);
+        }
+        let entries = self.read_tag_dir(&dir)?;
+        self.hot.put_tag(dir, entries.clone());
+        Ok(entries)
+    }
+
+    fn read_tag_dir(&self, dir: &Path) -> io::Result<Vec<TagEntry>> {
+        let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -316,9 +347,12 @@ impl FsStore {
         if !valid_media_type(&entry.media_type) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
         }
-        let path = self.tag_dir(registry, repo, tag).join(format!("{}.json", hex::encode(&entry.media_type)));
+        let dir = self.tag_dir(registry, repo, tag);
+        let path = dir.join(format!("{}.json", hex::encode(&entry.media_type)));
         let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
-        self.write_atomic(&path, &json)
+        let written = self.write_atomic(&path, &json);
+        self.hot.forget_tag(&dir);
+        written
     }
 
     fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<()> {

@@ -5,6 +5,7 @@
 
 pub mod eviction;
 pub mod fs;
+pub mod hot;
 
 pub use fs::{ContentKind, FsStore};
 
