@@ -17,9 +17,12 @@ const MANIFEST_BUDGET: usize = 32 << 20;
 /// Tags kept in memory.
 const TAG_BUDGET: usize = 20_000;
 
+/// Manifests with the time their file's access was last recorded, and their total bytes.
+type Manifests = (HashMap<Digest, (StoredManifest, Instant)>, usize);
+
 #[derive(Debug, Default)]
 pub struct HotCache {
-    manifests: Mutex<(HashMap<Digest, (StoredManifest, Instant)>, usize)>,
+    manifests: Mutex<Manifests>,
     tags: Mutex<HashMap<PathBuf, Vec<TagEntry>>>,
 }
 
