@@ -27,7 +27,7 @@ use crate::store::{ContentKind, FsStore};
 /// How many times a dropped download is resumed with a Range request before the flight fails.
 const MAX_RESUMES: u32 = 5;
 /// Bytes read from the file per chunk handed to a client.
-pub const READ_CHUNK: usize = 512 * 1024;
+pub const READ_CHUNK: usize = 1024 * 1024;
 /// Smallest read handed to a client while a download is still growing.
 const MIN_READ: u64 = 128 * 1024;
 
