@@ -90,9 +90,14 @@ pub struct Cli {
     #[arg(global = true, long = "private-registry", value_name = "HOST")]
     pub private_registry: Vec<String>,
 
-    /// S3 bucket for the cache (not supported yet: object storage is a later release)
+    /// S3 bucket shared by every replica (same as --storage s3://NAME); AWS_* environment for credentials
+    /// and endpoint
     #[arg(global = true, short = 'b', long, value_name = "NAME")]
     pub bucket: Option<String>,
+
+    /// Shared object storage for the cache: s3://bucket[/prefix]; --cache-dir then only stages fills
+    #[arg(global = true, long, value_name = "URL")]
+    pub storage: Option<String>,
 
     /// Where registry NAME is fetched from, endpoints tried in order; repeatable.
     /// Example: --upstream myreg.test=http://127.0.0.1:5000
@@ -229,6 +234,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub private_registries: Vec<String>,
     pub bucket: Option<String>,
+    pub storage: Option<String>,
     #[serde(default)]
     pub allow_registries: Vec<String>,
     pub default_registry: Option<String>,
@@ -314,6 +320,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub eviction: EvictionPolicy,
+    /// Shared object storage (`s3://bucket[/prefix]`), if any.
+    pub storage: Option<String>,
     pub shutdown_timeout: Duration,
     pub shutdown_delay: Duration,
 }
@@ -355,11 +363,18 @@ impl Config {
     }
 
     fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
-        if let Some(bucket) = cli.bucket.or(file.bucket) {
-            return Err(invalid(format!(
-                "--bucket {bucket}: object storage (S3) is not supported yet in this version of ocicache; \
-                 use the local disk cache (--cache-dir) for now"
-            )));
+        let storage = match (cli.storage.or(file.storage), cli.bucket.or(file.bucket)) {
+            (Some(_), Some(_)) => return Err(invalid("--storage and --bucket name the same thing; give one")),
+            (Some(url), None) => Some(url),
+            (None, Some(bucket)) => Some(format!("s3://{bucket}")),
+            (None, None) => None,
+        };
+        if let Some(url) = &storage {
+            if !url.starts_with("s3://") {
+                return Err(invalid(format!(
+                    "--storage {url}: only s3://bucket[/prefix] is supported (local disk is the default)"
+                )));
+            }
         }
         let port = cli.port.or(file.port).unwrap_or(DEFAULT_PORT);
         let ip = cli.listen.or(file.listen).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -503,6 +518,7 @@ impl Config {
             tls_cert,
             tls_key,
             eviction,
+            storage,
             shutdown_timeout: cli.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
             shutdown_delay: cli.shutdown_delay.or(file.shutdown_delay).unwrap_or(Duration::ZERO),
             creds_file,

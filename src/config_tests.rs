@@ -41,9 +41,12 @@ fn seed_flags_keep_their_meaning() {
 }
 
 #[test]
-fn bucket_is_refused_clearly() {
-    let e = cfg(&["-b", "my-bucket"]).unwrap_err().to_string();
-    assert!(e.contains("not supported yet"), "{e}");
+fn bucket_and_storage_name_the_shared_tier() {
+    assert_eq!(cfg(&["-b", "my-bucket"]).unwrap().storage.as_deref(), Some("s3://my-bucket"));
+    assert_eq!(cfg(&["--storage", "s3://b/p"]).unwrap().storage.as_deref(), Some("s3://b/p"));
+    let e = cfg(&["--storage", "gs://b"]).unwrap_err().to_string();
+    assert!(e.contains("only s3://"), "{e}");
+    assert!(cfg(&["-b", "a", "--storage", "s3://b"]).is_err());
 }
 
 #[test]

@@ -22,9 +22,14 @@ pub use config::Config;
 pub use error::Error;
 
 /// Builds the application state from a validated config: opens the store, builds the origin client.
-pub fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
-    let store = store::FsStore::open(&config.cache_dir)
+pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
+    let mut store = store::FsStore::open(&config.cache_dir)
         .map_err(|e| format!("cannot open cache directory {}: {e}", config.cache_dir.display()))?;
+    if let Some(url) = &config.storage {
+        let tier = store::object::ObjectTier::connect(url).await?;
+        tracing::info!(storage = %url, staging = %config.cache_dir.display(), "using shared object storage");
+        store = store.with_remote(Arc::new(tier));
+    }
     let metrics = Arc::new(metrics::Metrics::new());
     let sources = upstream::sources::CredentialSources::new(
         config.credential_helpers.clone(),
@@ -66,7 +71,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let state = build(&config)?;
+    let state = build(&config).await?;
     store::eviction::spawn(state.cache.store().clone(), config.eviction, state.metrics.clone());
     let app = server::router(state.clone());
     let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();

@@ -42,10 +42,20 @@ fn version_flag_prints_the_version() {
 }
 
 #[test]
-fn bucket_fails_with_not_supported_yet() {
-    let out = run(&["-b", "my-bucket"]);
+fn an_unreachable_bucket_fails_the_start_clearly() {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_output(
+        ocicache_bin()
+            .env("AWS_ENDPOINT_URL_S3", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .args(["-b", "my-bucket", "-d", dir.path().to_str().unwrap(), "-p", "0", "--listen", "127.0.0.1"]),
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot list the bucket"), "{err}");
 }
 
 #[test]

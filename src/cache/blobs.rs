@@ -29,6 +29,10 @@ pub enum BlobAnswer {
         size: Option<u64>,
         started: bool,
     },
+    /// In the shared object tier (another replica fetched it); streamed from there.
+    Remote {
+        size: u64,
+    },
     /// HEAD: the size if known.
     Head {
         size: Option<u64>,
@@ -39,7 +43,7 @@ pub enum BlobAnswer {
 impl BlobAnswer {
     pub fn result(&self) -> CacheResult {
         match self {
-            BlobAnswer::Stored { .. } => CacheResult::Hit,
+            BlobAnswer::Stored { .. } | BlobAnswer::Remote { .. } => CacheResult::Hit,
             BlobAnswer::Flight { started: true, .. } => CacheResult::Miss,
             BlobAnswer::Flight { started: false, .. } => CacheResult::Hit,
             BlobAnswer::Head { result, .. } => *result,
@@ -89,9 +93,29 @@ impl Cache {
         Ok(())
     }
 
+    /// The blob's size in the shared object tier, after any access check it needs; `None` when there
+    /// is no tier, the blob is not there, or the tier cannot be reached (then the origin is asked).
+    async fn remote_blob(&self, req: &BlobRequest<'_>) -> Result<Option<u64>, Error> {
+        let Some(remote) = self.store.remote() else { return Ok(None) };
+        match remote.blob_size(req.digest).await {
+            Ok(Some(size)) => {
+                self.confirm_if_private(req, self.is_private(ContentKind::Blob, req.digest).await).await?;
+                Ok(Some(size))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(digest = %req.digest, error = %e, "object storage lookup failed; asking the origin");
+                Ok(None)
+            }
+        }
+    }
+
     async fn head_blob(&self, req: &BlobRequest<'_>) -> Result<BlobAnswer, Error> {
         if let Some(size) = self.store.blob_size(req.digest) {
             self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest)).await?;
+            return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
+        }
+        if let Some(size) = self.remote_blob(req).await? {
             return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
         }
         if let Some(flight) = self.flights.get(req.digest) {
@@ -126,6 +150,11 @@ impl Cache {
         // Content of a private registry is fetched with the cache's credentials, so the client
         // proves its own access before anything is served or fetched.
         self.confirm_if_private(req, false).await?;
+        if self.store.blob_size(req.digest).is_none() && self.flights.get(req.digest).is_none() {
+            if let Some(size) = self.remote_blob(req).await? {
+                return Ok(BlobAnswer::Remote { size });
+            }
+        }
         let label = req.target.registry.to_string();
         let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), Identity::Cache);
         let flight = match self.flights.join_or_start(req.digest, &label, open, req.private_registry)? {

@@ -167,16 +167,36 @@ impl Flights {
                     // The bytes are verified: readers may finish now, while the file is made durable
                     // and moved into place (off the async workers: fsync of a large file takes time).
                     tx.send_replace(Progress::Complete { total });
-                    let (store, path, d) = (flights.store.clone(), temp.path.clone(), digest.clone());
-                    let committed = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                        file.sync_all()?;
-                        if private {
-                            store.mark_private(ContentKind::Blob, &d)?;
+                    let committed = match flights.store.remote() {
+                        // Shared tier: the local file was only the staging area.
+                        Some(remote) => {
+                            drop(file);
+                            let kind = ContentKind::Blob.dir();
+                            let marked = if private {
+                                remote.mark_private(kind, &digest).await
+                            } else {
+                                remote.mark_public(kind, &digest).await
+                            };
+                            let uploaded = match marked {
+                                Ok(()) => remote.put_blob_file(&digest, &temp.path).await,
+                                Err(e) => Err(e),
+                            };
+                            let _ = std::fs::remove_file(&temp.path);
+                            uploaded.map_err(io::Error::other)
                         }
-                        store.commit_blob(&path, &d)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+                        None => {
+                            let (store, path, d) = (flights.store.clone(), temp.path.clone(), digest.clone());
+                            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                                file.sync_all()?;
+                                if private {
+                                    store.mark_private(ContentKind::Blob, &d)?;
+                                }
+                                store.commit_blob(&path, &d)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(io::Error::other(e)))
+                        }
+                    };
                     match committed {
                         Ok(()) => tracing::debug!(%digest, bytes = total, private, "blob stored"),
                         Err(e) => {

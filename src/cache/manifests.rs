@@ -104,8 +104,8 @@ impl Cache {
     }
 
     async fn by_digest(&self, q: &ManifestQuery, d: &Digest) -> Result<ManifestAnswer, Error> {
-        if let Some(m) = self.store.manifest(d)? {
-            if !self.is_private_registry(q) && self.store.is_private(ContentKind::Manifest, d) {
+        if let Some(m) = self.stored_manifest(d).await? {
+            if !self.is_private_registry(q) && self.is_private(ContentKind::Manifest, d).await {
                 let content = Some((ContentKind::Manifest, d));
                 self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), content).await?;
             }
@@ -124,7 +124,7 @@ impl Cache {
     /// answer is served anyway (stale-if-error), even for tags that are otherwise never cached.
     async fn by_tag(&self, q: &ManifestQuery, tag: &Tag) -> Result<ManifestAnswer, Error> {
         let decision = self.policy.decide(&q.target.registry, tag);
-        if let Some(entry) = self.pick_entry(q, tag)? {
+        if let Some(entry) = self.pick_entry(q, tag).await? {
             let identity = if entry.private {
                 self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None).await?;
                 Identity::Client(q.client_auth.clone())
@@ -144,7 +144,7 @@ impl Cache {
             let info = self.head_upstream(q, Identity::Cache).await?;
             if let (Some(d), Some(size)) = (&info.digest, info.size) {
                 let private = !info.public || self.is_private_registry(q);
-                self.remember_tag(q, d, &info.media_type, size, private);
+                self.remember_tag(q, d, &info.media_type, size, private).await;
             }
             return Ok(info.answer(result));
         }
@@ -153,8 +153,8 @@ impl Cache {
     }
 
     /// The tag entry for the media types this client accepts; an index is preferred, as registries do.
-    fn pick_entry(&self, q: &ManifestQuery, tag: &Tag) -> Result<Option<TagEntry>, Error> {
-        let entries = self.store.tag_entries(&q.target.registry, &q.target.repository, tag)?;
+    async fn pick_entry(&self, q: &ManifestQuery, tag: &Tag) -> Result<Option<TagEntry>, Error> {
+        let entries = self.tag_entries(&q.target, tag).await?;
         Ok(entries
             .into_iter()
             .filter(|e| q.accept.accepts(&e.media_type) && e.digest.parse::<Digest>().is_ok())
@@ -179,19 +179,19 @@ impl Cache {
                 let unchanged = d.to_string() == entry.digest;
                 self.metrics.revalidation(registry, !unchanged);
                 if unchanged {
-                    self.remember_tag(q, &d, &entry.media_type, entry.size, private);
+                    self.remember_tag(q, &d, &entry.media_type, entry.size, private).await;
                     return self.serve_entry(q, entry, unchanged_result).await;
                 }
                 tracing::info!(target = %q.target, reference = %q.reference, from = %entry.digest, to = %d, "tag moved upstream");
                 if q.head {
                     if let Some(size) = size {
-                        self.remember_tag(q, &d, &media_type, size, private);
+                        self.remember_tag(q, &d, &media_type, size, private).await;
                     }
                     return Ok(ManifestAnswer::Head { digest: Some(d), media_type, size, result: changed_result });
                 }
                 let (manifest, fetched_public) = self.fetch(&q.for_digest(&d), Some(d.clone()), false).await?;
                 let private = !fetched_public || self.is_private_registry(q);
-                self.remember_tag(q, &d, &manifest.media_type, manifest.bytes.len() as u64, private);
+                self.remember_tag(q, &d, &manifest.media_type, manifest.bytes.len() as u64, private).await;
                 Ok(ManifestAnswer::Full { manifest, result: changed_result })
             }
             // The origin's HEAD gave no digest: ask with a GET instead.
@@ -222,7 +222,7 @@ impl Cache {
         result: CacheResult,
     ) -> Result<ManifestAnswer, Error> {
         let d: Digest = entry.digest.parse()?;
-        if let Some(m) = self.store.manifest(&d)? {
+        if let Some(m) = self.stored_manifest(&d).await? {
             return Ok(ManifestAnswer::Full { manifest: m, result });
         }
         if q.head {
@@ -237,7 +237,7 @@ impl Cache {
         Ok(ManifestAnswer::Full { manifest, result })
     }
 
-    fn remember_tag(&self, q: &ManifestQuery, d: &Digest, media_type: &str, size: u64, private: bool) {
+    async fn remember_tag(&self, q: &ManifestQuery, d: &Digest, media_type: &str, size: u64, private: bool) {
         if let Reference::Tag(tag) = &q.reference {
             let entry = TagEntry {
                 digest: d.to_string(),
@@ -246,7 +246,7 @@ impl Cache {
                 fetched_at: now_secs(),
                 private,
             };
-            if let Err(e) = self.store.put_tag(&q.target.registry, &q.target.repository, tag, &entry) {
+            if let Err(e) = self.put_tag(&q.target, tag, &entry).await {
                 tracing::warn!(target = %q.target, %tag, error = %e, "could not store tag");
             }
         }
@@ -273,7 +273,7 @@ impl Cache {
             .manifests
             .run(key, async move {
                 let m = fetch_once(&origin, &target, &reference, &accept, exp.as_ref(), Identity::Cache).await?;
-                keep(&store, &target, &reference, &m, private_registry, remember_tag);
+                keep(&store, &target, &reference, &m, private_registry, remember_tag).await;
                 Ok(m)
             })
             .await;
@@ -283,7 +283,7 @@ impl Cache {
                 let identity = Identity::Client(q.client_auth.clone());
                 let accept = q.accept.header_value();
                 let m = fetch_once(&self.origin, &q.target, &q.reference, &accept, expected.as_ref(), identity).await?;
-                keep(&self.store, &q.target, &q.reference, &m, true, remember_tag);
+                keep(&self.store, &q.target, &q.reference, &m, true, remember_tag).await;
                 // The client just proved access to this manifest.
                 let key = super::access::AccessKey::new(q.client_auth.as_ref(), &q.target, &q.path());
                 self.access.grant(key);
@@ -334,9 +334,9 @@ impl Cache {
     }
 }
 
-/// Stores a fetched manifest (marked private or public first, so it is never visible with the wrong
-/// mark) and, for a tag, the tag entry.
-fn keep(
+/// Stores a fetched manifest in every tier (marked private or public first, so it is never visible
+/// with the wrong mark) and, for a tag, the tag entry.
+async fn keep(
     store: &crate::store::FsStore,
     target: &Target,
     reference: &Reference,
@@ -353,6 +353,23 @@ fn keep(
         tracing::warn!(%target, digest = %m.digest, error = %e, "could not store manifest");
         return;
     }
+    if let Some(remote) = store.remote() {
+        let kind = ContentKind::Manifest.dir();
+        let content = crate::store::FsStore::manifest_file_content(&m.media_type, &m.bytes);
+        let stored = async {
+            if private {
+                remote.mark_private(kind, &m.digest).await?;
+            } else {
+                remote.mark_public(kind, &m.digest).await?;
+            }
+            remote.put_manifest(&m.digest, content.into()).await
+        }
+        .await;
+        if let Err(e) = stored {
+            tracing::warn!(%target, digest = %m.digest, error = %e, "could not store manifest in object storage");
+            return;
+        }
+    }
     if let (true, Reference::Tag(tag)) = (remember_tag, reference) {
         let entry = TagEntry {
             digest: m.digest.to_string(),
@@ -361,12 +378,17 @@ fn keep(
             fetched_at: now_secs(),
             private,
         };
-        if let Err(e) = store.put_tag(&target.registry, &target.repository, tag, &entry) {
+        let stored = match store.put_tag(&target.registry, &target.repository, tag, &entry) {
+            Ok(()) => super::put_tag_remote(store, target, tag, &entry).await,
+            Err(e) => Err(Error::from(e)),
+        };
+        if let Err(e) = stored {
             tracing::warn!(%target, %tag, error = %e, "could not store tag");
         }
     }
 }
 
+/// One GET of a manifest, read whole (bounded) and verified.
 async fn fetch_once(
     origin: &OriginClient,
     target: &Target,

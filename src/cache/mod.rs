@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::oci::accept::ALL_MANIFEST_TYPES;
 use crate::oci::{Digest, Target};
 use crate::store::ContentKind;
-use crate::store::{FsStore, StoredManifest};
+use crate::store::{FsStore, StoredManifest, TagEntry};
 use crate::upstream::OriginClient;
 use crate::upstream::{Identity, OriginRequest};
 use access::{AccessCache, AccessKey};
@@ -96,9 +96,89 @@ impl Cache {
         }
         self.access.grant(key);
         if let (None, Some((kind, digest))) = (client_auth, content) {
-            self.store.mark_public(kind, digest)?;
+            self.mark(kind, digest, false).await?;
         }
         Ok(())
+    }
+
+    /// A stored manifest: local, else from the shared object tier (verified, then kept locally too).
+    /// A tier that cannot be reached is a miss, not an error: the origin is asked instead.
+    pub(crate) async fn stored_manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, Error> {
+        if let Some(m) = self.store.manifest(d)? {
+            return Ok(Some(m));
+        }
+        let Some(remote) = self.store.remote() else { return Ok(None) };
+        let raw = match remote.get_manifest(d).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %e, "object storage read failed; asking the origin");
+                return Ok(None);
+            }
+        };
+        let m = FsStore::parse_manifest_file(d, raw)?;
+        if !d.matches(&m.bytes) {
+            tracing::warn!(digest = %d, "manifest in object storage does not match its digest; ignored");
+            return Ok(None);
+        }
+        if self.is_private(ContentKind::Manifest, d).await {
+            self.store.mark_private(ContentKind::Manifest, d)?;
+        }
+        if let Err(e) = self.store.put_manifest(d, &m.media_type, &m.bytes) {
+            tracing::warn!(digest = %d, error = %e, "could not keep a local copy of a manifest");
+        }
+        Ok(Some(m))
+    }
+
+    /// Whether content is marked private, locally or in the shared tier (an unreachable tier counts
+    /// as private: fail closed).
+    pub(crate) async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
+        if self.store.is_private(kind, d) {
+            return true;
+        }
+        match self.store.remote() {
+            Some(r) => r.is_private(kind.dir(), d).await.unwrap_or(true),
+            None => false,
+        }
+    }
+
+    /// Marks content private or public in every tier.
+    pub(crate) async fn mark(&self, kind: ContentKind, d: &Digest, private: bool) -> Result<(), Error> {
+        if private {
+            self.store.mark_private(kind, d)?;
+        } else {
+            self.store.mark_public(kind, d)?;
+        }
+        if let Some(r) = self.store.remote() {
+            let done = if private { r.mark_private(kind.dir(), d).await } else { r.mark_public(kind.dir(), d).await };
+            done.map_err(|e| Error::from(std::io::Error::other(e.to_string())))?;
+        }
+        Ok(())
+    }
+
+    /// A tag's entries: local, else from the shared tier (then kept locally too).
+    pub(crate) async fn tag_entries(&self, target: &Target, tag: &crate::oci::Tag) -> Result<Vec<TagEntry>, Error> {
+        let local = self.store.tag_entries(&target.registry, &target.repository, tag)?;
+        let Some(remote) = self.store.remote() else { return Ok(local) };
+        if !local.is_empty() {
+            return Ok(local);
+        }
+        let dir = self.store.tag_dir(&target.registry, &target.repository, tag);
+        let Some(rel) = self.store.relative_key(&dir) else { return Ok(local) };
+        let entries = remote.tag_entries(&rel).await.unwrap_or_else(|e| {
+            tracing::warn!(%target, %tag, error = %e, "object storage read failed");
+            Vec::new()
+        });
+        for e in &entries {
+            let _ = self.store.put_tag(&target.registry, &target.repository, tag, e);
+        }
+        Ok(entries)
+    }
+
+    /// Writes a tag entry in every tier.
+    pub(crate) async fn put_tag(&self, target: &Target, tag: &crate::oci::Tag, entry: &TagEntry) -> Result<(), Error> {
+        self.store.put_tag(&target.registry, &target.repository, tag, entry)?;
+        put_tag_remote(&self.store, target, tag, entry).await
     }
 
     /// Waits for running downloads to finish and be committed (used at shutdown).
@@ -117,4 +197,18 @@ impl Cache {
     pub fn store(&self) -> &FsStore {
         &self.store
     }
+}
+
+/// Writes a tag entry to the shared tier, if there is one.
+pub(crate) async fn put_tag_remote(
+    store: &FsStore,
+    target: &Target,
+    tag: &crate::oci::Tag,
+    entry: &TagEntry,
+) -> Result<(), Error> {
+    let Some(remote) = store.remote() else { return Ok(()) };
+    let path = store.tag_file(&target.registry, &target.repository, tag, &entry.media_type);
+    let Some(rel) = store.relative_key(&path) else { return Ok(()) };
+    let json = serde_json::to_vec(entry).map_err(|e| Error::from(std::io::Error::other(e)))?;
+    remote.put_tag(&rel, json.into()).await.map_err(|e| Error::from(std::io::Error::other(e.to_string())))
 }

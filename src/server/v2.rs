@@ -233,7 +233,7 @@ fn blob_response(
         .header(CACHE_CONTROL, "max-age=31536000")
         .header(ACCEPT_RANGES, "bytes");
     let size = match &answer {
-        BlobAnswer::Stored { size, .. } => Some(*size),
+        BlobAnswer::Stored { size, .. } | BlobAnswer::Remote { size } => Some(*size),
         BlobAnswer::Flight { size, .. } | BlobAnswer::Head { size, .. } => *size,
     };
     let (status, range) = match size {
@@ -273,6 +273,17 @@ fn blob_response(
             } else {
                 Body::from_stream(stream.inspect_ok(count))
             }
+        }
+        BlobAnswer::Remote { .. } => {
+            let Some(remote) = state.cache.store().remote().cloned() else {
+                return Err(Error::from(std::io::Error::other("object storage went away")));
+            };
+            let (d, r) = (digest.clone(), range.start..range.end);
+            let stream = futures_util::stream::once(async move { remote.read_blob(&d, r).await })
+                .map_err(std::io::Error::other)
+                .try_flatten()
+                .inspect_ok(count);
+            Body::from_stream(stream)
         }
         BlobAnswer::Head { .. } => Body::empty(),
     };

@@ -37,7 +37,7 @@ pub enum ContentKind {
 }
 
 impl ContentKind {
-    fn dir(self) -> &'static str {
+    pub fn dir(self) -> &'static str {
         match self {
             ContentKind::Blob => "blobs",
             ContentKind::Manifest => "manifests",
@@ -50,6 +50,8 @@ pub struct FsStore {
     root: PathBuf,
     usage: Arc<Usage>,
     hot: Arc<super::hot::HotCache>,
+    /// The shared tier in object storage, when configured (`--storage s3://...`).
+    remote: Option<Arc<super::object::ObjectTier>>,
 }
 
 /// Approximate bytes and files in the store, kept between eviction passes (each pass rescans and
@@ -139,13 +141,47 @@ impl FsStore {
         for dir in ["blobs", "manifests", "tags", "private", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        let store = FsStore { root: root.to_path_buf(), usage: Arc::default(), hot: Arc::default() };
+        let store = FsStore { root: root.to_path_buf(), usage: Arc::default(), hot: Arc::default(), remote: None };
         store.remove_stale_temp_files();
         Ok(store)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This store with a shared object-storage tier behind it.
+    pub fn with_remote(mut self, remote: Arc<super::object::ObjectTier>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn remote(&self) -> Option<&Arc<super::object::ObjectTier>> {
+        self.remote.as_ref()
+    }
+
+    /// A path below the root as a `/`-separated key, for the object tier.
+    pub fn relative_key(&self, path: &Path) -> Option<String> {
+        let rel = path.strip_prefix(&self.root).ok()?;
+        Some(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
+    }
+
+    /// The on-disk form of a manifest: media type, newline, bytes.
+    pub fn manifest_file_content(media_type: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut content = Vec::with_capacity(media_type.len() + 1 + bytes.len());
+        content.extend_from_slice(media_type.as_bytes());
+        content.push(b'\n');
+        content.extend_from_slice(bytes);
+        content
+    }
+
+    /// Parses the on-disk form of a manifest.
+    pub fn parse_manifest_file(d: &Digest, raw: Bytes) -> io::Result<StoredManifest> {
+        let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("manifest {d} has no media type line")));
+        };
+        let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
+        Ok(StoredManifest { digest: d.clone(), media_type, bytes: raw.slice(nl + 1..) })
     }
 
     pub fn usage(&self) -> &Usage {
@@ -308,6 +344,11 @@ impl FsStore {
         }
     }
 
+    /// The file holding a tag's entry for one media type.
+    pub fn tag_file(&self, registry: &RegistryName, repo: &Repository, tag: &Tag, media_type: &str) -> PathBuf {
+        self.tag_dir(registry, repo, tag).join(format!("{}.json", hex::encode(media_type)))
+    }
+
     /// The directory holding a tag's entries.
     pub fn tag_dir(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> PathBuf {
         self.root.join("tags").join(registry.as_str()).join(repo.as_str()).join("_tags").join(tag.as_str())
@@ -348,7 +389,7 @@ impl FsStore {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
         }
         let dir = self.tag_dir(registry, repo, tag);
-        let path = dir.join(format!("{}.json", hex::encode(&entry.media_type)));
+        let path = self.tag_file(registry, repo, tag, &entry.media_type);
         let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
         let written = self.write_atomic(&path, &json);
         self.hot.forget_tag(&dir);

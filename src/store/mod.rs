@@ -6,6 +6,7 @@
 pub mod eviction;
 pub mod fs;
 pub mod hot;
+pub mod object;
 
 pub use fs::{ContentKind, FsStore};
 

@@ -16,6 +16,7 @@ pub mod containerd;
 pub mod fake;
 pub mod image;
 pub mod registry;
+pub mod s3;
 
 pub use cache::*;
 pub use certs::*;
@@ -23,6 +24,7 @@ pub use containerd::*;
 pub use fake::*;
 pub use image::*;
 pub use registry::*;
+pub use s3::*;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

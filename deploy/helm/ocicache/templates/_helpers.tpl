@@ -58,17 +58,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* True (non-empty) when the chart makes its own PersistentVolumeClaim. */}}
 {{- define "ocicache.makesClaim" -}}
-{{- if and (eq .Values.persistence.type "pvc") (not .Values.s3.enabled) (not .Values.persistence.existingClaim) }}true{{ end }}
+{{- if and (eq .Values.persistence.type "pvc") (not .Values.persistence.existingClaim) }}true{{ end }}
 {{- end }}
 
 {{/* The mirror URL containerd is given in hosts.toml. */}}
 {{- define "ocicache.mirrorEndpoint" -}}
+{{- $scheme := ternary "https" "http" (.Values.tls.enabled | default false) }}
 {{- if .Values.nodeConfigurator.endpoint }}
 {{- .Values.nodeConfigurator.endpoint }}
 {{- else if .Values.hostNetwork }}
-{{- printf "http://localhost:%d" (.Values.config.port | int) }}
+{{- printf "%s://localhost:%d" $scheme (.Values.config.port | int) }}
 {{- else }}
-{{- printf "http://localhost:%d" (required "service.nodePort is needed for the node configurator's mirror URL (or set nodeConfigurator.endpoint)" .Values.service.nodePort | int) }}
+{{- printf "%s://localhost:%d" $scheme (required "service.nodePort is needed for the node configurator's mirror URL (or set nodeConfigurator.endpoint)" .Values.service.nodePort | int) }}
 {{- end }}
 {{- end }}
 
@@ -79,6 +80,79 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 # registry itself when the mirror is unreachable or answers an error.
 [host.{{ include "ocicache.mirrorEndpoint" . | quote }}]
   capabilities = ["pull", "resolve"]
+{{- if .Values.nodeConfigurator.ca }}
+  ca = {{ .Values.nodeConfigurator.ca | toJson }}
+{{- end }}
+{{- if .Values.nodeConfigurator.skipVerify }}
+  skip_verify = true
+{{- end }}
+{{- end }}
+
+{{/*
+max_size as rendered into ocicache.toml, or nothing for no limit. "auto" is 90% of the chart's claim
+(persistence.size) or of persistence.emptyDir.sizeLimit, written in the same unit (50Gi -> 45GiB).
+*/}}
+{{- define "ocicache.maxSize" -}}
+{{- $v := .Values.maxSize | default "" | toString | trim }}
+{{- if eq $v "auto" }}
+{{- $size := "" }}
+{{- if eq (include "ocicache.makesClaim" .) "true" }}
+{{- $size = .Values.persistence.size | toString }}
+{{- else if eq .Values.persistence.type "emptyDir" }}
+{{- $size = .Values.persistence.emptyDir.sizeLimit | default "" | toString }}
+{{- end }}
+{{- if $size }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(k|Ki|M|Mi|G|Gi|T|Ti)$" $size) }}
+{{- fail (printf "maxSize=auto cannot use the volume size %q (a quantity in k, M, G, T, Ki, Mi, Gi or Ti is needed): set maxSize to a size such as 45GiB, or \"\" for no limit" $size) }}
+{{- end }}
+{{- $num := regexReplaceAll "[A-Za-z]+$" $size "" | float64 }}
+{{- $unit := regexReplaceAll "^[0-9.]+" $size "" }}
+{{- $limit := mulf $num 0.9 }}
+{{- if eq $limit (floor $limit) }}
+{{- printf "%d%sB" (int64 $limit) $unit }}
+{{- else }}
+{{- printf "%.2f" $limit | trimSuffix "0" | trimSuffix "0" | trimSuffix "." }}{{ $unit }}B
+{{- end }}
+{{- end }}
+{{- else if $v }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)? ?([KkMmGgTt][Ii]?)?[Bb]?$" $v) }}
+{{- fail (printf "maxSize %q is not a size such as 45GiB, 500GB or 45Gi (or auto, or \"\" for no limit)" $v) }}
+{{- end }}
+{{- $v }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whole seconds of a duration as ocicache reads it ("30s", "1m30s", "2m", "90"), or nothing when it is
+written some other way (the binary still checks it at start).
+*/}}
+{{- define "ocicache.seconds" -}}
+{{- $s := . | toString | trim }}
+{{- if regexMatch "^[0-9]+$" $s }}
+{{- $s }}
+{{- else if regexMatch "^([0-9]+(h|m|s|ms))+$" $s }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+(h|ms|m|s)" $s -1 }}
+{{- $n := regexFind "^[0-9]+" . | atoi }}
+{{- $u := regexReplaceAll "^[0-9]+" . "" }}
+{{- if eq $u "h" }}{{ $total = add $total (mul $n 3600) }}
+{{- else if eq $u "m" }}{{ $total = add $total (mul $n 60) }}
+{{- else if eq $u "s" }}{{ $total = add $total $n }}
+{{- else }}{{ $total = add $total (div $n 1000) }}
+{{- end }}
+{{- end }}
+{{- $total }}
+{{- end }}
+{{- end }}
+
+{{/* A probe from values; with tls.enabled its httpGet uses HTTPS. Called with (list $ probe). */}}
+{{- define "ocicache.probe" -}}
+{{- $root := index . 0 }}
+{{- $probe := deepCopy (index . 1) }}
+{{- if and $root.Values.tls.enabled (hasKey $probe "httpGet") }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- toYaml $probe }}
 {{- end }}
 
 {{/* Refuses combinations that cannot work, with a message saying what to change. */}}
@@ -89,19 +163,41 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not (has .Values.persistence.type (list "pvc" "emptyDir" "hostPath")) }}
 {{- fail (printf "persistence.type must be pvc, emptyDir or hostPath, not %q" .Values.persistence.type) }}
 {{- end }}
-{{- if and (eq .Values.kind "DaemonSet") (eq .Values.persistence.type "pvc") (not .Values.s3.enabled) }}
+{{- if .Values.s3.enabled }}
+{{- fail (printf "s3.enabled: object storage (S3) is not supported yet by ocicache %s: it refuses to start with a bucket, and --storage is a later release. Keep s3.enabled=false and use persistence (pvc, hostPath or emptyDir)" .Chart.AppVersion) }}
+{{- end }}
+{{- if and (eq .Values.kind "DaemonSet") (eq .Values.persistence.type "pvc") }}
 {{- fail "kind=DaemonSet cannot share one PersistentVolumeClaim between nodes: set persistence.type to hostPath or emptyDir" }}
 {{- end }}
-{{- if and (eq .Values.kind "Deployment") (eq .Values.persistence.type "pvc") (not .Values.s3.enabled) (gt (int .Values.replicaCount) 1) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
+{{- if and (eq .Values.kind "Deployment") (eq .Values.persistence.type "pvc") (gt (int .Values.replicaCount) 1) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
 {{- fail "replicaCount > 1 with one ReadWriteOnce claim: use kind=DaemonSet, persistence.type=emptyDir, or a ReadWriteMany claim" }}
 {{- end }}
 {{- if and .Values.hostNetwork (ne .Values.kind "DaemonSet") }}
 {{- fail "hostNetwork is for kind=DaemonSet (one cache per node on localhost)" }}
 {{- end }}
-{{- if and .Values.s3.enabled (not .Values.s3.url) }}
-{{- fail "s3.enabled needs s3.url (s3://bucket/prefix)" }}
-{{- end }}
 {{- if and .Values.htpasswd.enabled (not .Values.htpasswd.existingSecret) }}
 {{- fail "htpasswd.enabled needs htpasswd.existingSecret (a Secret with a bcrypt htpasswd file)" }}
 {{- end }}
+{{- if and .Values.htpasswd.metricsAuth (not .Values.htpasswd.enabled) }}
+{{- fail "htpasswd.metricsAuth protects /metrics with the htpasswd file: it needs htpasswd.enabled" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret with tls.crt and tls.key)" }}
+{{- end }}
+{{- if and (or .Values.nodeConfigurator.ca .Values.nodeConfigurator.skipVerify) (not .Values.tls.enabled) (not (hasPrefix "https://" .Values.nodeConfigurator.endpoint)) }}
+{{- fail "nodeConfigurator.ca and skipVerify are for an https:// mirror: set tls.enabled (or an https:// nodeConfigurator.endpoint)" }}
+{{- end }}
+{{- range $name, $settings := .Values.config.registries }}
+{{- if and (hasKey $.Values.config.upstreams $name) (hasKey ($settings | default dict) "endpoints") }}
+{{- fail (printf "registry %s has endpoints in both config.upstreams and config.registries: keep one" $name) }}
+{{- end }}
+{{- end }}
+{{- $delay := include "ocicache.seconds" .Values.config.shutdownDelay }}
+{{- $timeout := include "ocicache.seconds" .Values.config.shutdownTimeout }}
+{{- if and $delay $timeout }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add (atoi $delay) (atoi $timeout)) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than config.shutdownDelay + config.shutdownTimeout (%s + %s = %ds), or Kubernetes kills ocicache before in-flight pulls finish" (int .Values.terminationGracePeriodSeconds) (toString .Values.config.shutdownDelay) (toString .Values.config.shutdownTimeout) (add (atoi $delay) (atoi $timeout))) }}
+{{- end }}
+{{- end }}
+{{- $_ := include "ocicache.maxSize" . }}
 {{- end }}

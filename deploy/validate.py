@@ -1,0 +1,684 @@
+"""The checks behind deploy/validate.sh, run in its venv (kubernetes-validate, yamllint,
+helm-python-sdk). Run it through validate.sh, which makes that venv.
+
+  1. yamllint (warnings are errors) on the plain manifests, Chart.yaml and values.yaml, and on what
+     the chart renders;
+  2. the helm chart is linted and rendered offline (Helm's own Go template engine, no cluster) with
+     several sets of values; combinations the chart must refuse are checked to fail with their
+     message (s3.enabled, a missing Secret, a grace period shorter than the shutdown, ...);
+  3. every rendered object and every object of deploy/kubernetes/*.yaml is validated against the
+     Kubernetes OpenAPI schemas (strict: unknown fields, wrong types, unknown kinds are errors);
+     Prometheus Operator objects, which have no schema there, get a structural check;
+  4. the wiring inside each rendering: every file ocicache.toml names lies on a mount of the cache
+     container whose Secret or ConfigMap item has that name, every mount has its volume, the cache
+     volume is mounted at cache_dir, probes use HTTPS exactly when TLS is on, the grace period is
+     longer than shutdown_delay + shutdown_timeout, hosts.toml names the right mirror URL;
+  5. deploy/kubernetes/ocicache.yaml is the chart's rendering with default values (plus the node
+     configurator), object by object (ConfigMap TOML compared parsed), its commented optional
+     settings use the chart's file paths, and deploy/containerd/hosts.toml is the host table the
+     chart writes;
+  6. with an ocicache binary, every rendered ocicache.toml and the plain one are started on
+     127.0.0.1 (the Secret files replaced by generated fixtures), which refuses unknown keys and
+     bad values, and the probes' paths, client authentication and TLS are checked over HTTP(S);
+     `ocicache hosts` must produce the same host table.
+
+Prints problems to stderr and a JSON summary on the last line of stdout; exits 1 on any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import functools
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "deploy/helm/ocicache"
+PLAIN = sorted((ROOT / "deploy/kubernetes").glob("*.yaml"))
+HOSTS_TOML = ROOT / "deploy/containerd/hosts.toml"
+IMAGE = "registry.example.com/ocicache"
+
+problems: list[str] = []
+notes: list[str] = []
+verbose = False
+
+
+def problem(msg: str) -> None:
+    problems.append(msg)
+    print(f"FAIL: {msg}", file=sys.stderr)
+
+
+def step(msg: str) -> None:
+    if verbose:
+        print(f"== {msg}", file=sys.stderr)
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def seconds(d) -> float | None:
+    """A duration as ocicache reads the common forms: 30s, 1m30s, 250ms, 2h, or bare seconds."""
+    s = str(d).strip()
+    if re.fullmatch(r"\d+", s):
+        return float(s)
+    parts = re.findall(r"(\d+)(ms|h|m|s)", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        return None
+    unit = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * unit[u] for n, u in parts)
+
+
+# ------------------------------------------------------------------ scenarios
+# Values given to the chart, on top of image.repository. Each rendering is validated as a whole.
+SCENARIOS = {
+    "defaults": {},
+    # The plain manifests are this rendering (release "ocicache" in namespace "ocicache").
+    "plain": {"nodeConfigurator": {"enabled": True}},
+    "everything": {
+        "credentials": {"existingSecret": "ocicache-creds"},
+        "dockerConfig": {"existingSecret": "ocicache-pull"},
+        "htpasswd": {"enabled": True, "existingSecret": "ocicache-htpasswd", "metricsAuth": True},
+        "tls": {"enabled": True, "existingSecret": "ocicache-tls"},
+        "maxSize": "100GiB",
+        "maxAge": "30d",
+        "config": {
+            "immutableTags": r"^v?[0-9]+(\.[0-9]+){2}$",
+            "privateRegistries": ["registry.corp.example"],
+            "allowRegistries": ["*.corp.example"],
+            "upstreams": {"registry.corp.example": ["https://mirror-a.corp.example", "https://mirror-b.corp.example"]},
+            "registries": {
+                "registry.corp.example": {"ca": "/etc/ocicache/extra/corp-ca.pem"},
+                "mtls.corp.example": {
+                    "client_cert": "/etc/ocicache/extra/client.crt",
+                    "client_key": "/etc/ocicache/extra/client.key",
+                },
+                "us-docker.pkg.dev": {"credential_helper": "gcr"},
+                "123456789012.dkr.ecr.eu-central-1.amazonaws.com": {"credential_helper": "ecr-login"},
+            },
+            "extraToml": "# appended from config.extraToml",
+        },
+        "extraVolumes": [{"name": "extra", "secret": {"secretName": "ocicache-extra"}}],
+        "extraVolumeMounts": [{"name": "extra", "mountPath": "/etc/ocicache/extra", "readOnly": True}],
+        "extraEnv": [{"name": "AWS_ECR_DISABLE_CACHE", "value": "true"}],
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/ocicache"}},
+        "serviceMonitor": {
+            "enabled": True,
+            "basicAuth": {"username": {"name": "m", "key": "username"}, "password": {"name": "m", "key": "password"}},
+            "tlsConfig": {"ca": {"secret": {"name": "ocicache-tls", "key": "ca.crt"}}, "serverName": "localhost"},
+        },
+        "prometheusRule": {"enabled": True},
+        "nodeConfigurator": {"enabled": True, "ca": "/etc/containerd/certs.d/ocicache-ca.pem"},
+    },
+    "daemonset": {
+        "kind": "DaemonSet",
+        "hostNetwork": True,
+        "persistence": {"type": "hostPath"},
+        "tls": {"enabled": True, "existingSecret": "ocicache-tls"},
+        "nodeConfigurator": {"enabled": True, "skipVerify": True},
+        "config": {"listen": "::", "shutdownDelay": "10s", "shutdownTimeout": "1m"},
+        "terminationGracePeriodSeconds": 90,
+    },
+    "emptydir": {"replicaCount": 2, "persistence": {"type": "emptyDir", "emptyDir": {"sizeLimit": "20Gi"}}},
+}
+
+# What each scenario's ocicache.toml must contain (beyond the generic checks).
+EXPECT_TOML = {
+    "defaults": {"max_size": "45GiB", "shutdown_delay": "5s"},
+    "everything": {
+        "max_size": "100GiB",
+        "max_age": "30d",
+        "metrics_auth": True,
+        "htpasswd": "/etc/ocicache/htpasswd/htpasswd",
+        "tls_cert": "/etc/ocicache/tls/tls.crt",
+        "docker_config": "/etc/ocicache/docker-config/config.json",
+        "creds_file": "/etc/ocicache/creds/creds.yaml",
+    },
+    "daemonset": {"listen": "::"},
+    "emptydir": {"max_size": "18GiB"},
+}
+
+# Values the chart must refuse, and a piece of its message.
+MUST_FAIL = {
+    "s3.enabled": ({"s3": {"enabled": True, "url": "s3://bucket/prefix"}}, "object storage (S3) is not supported yet"),
+    "htpasswd without a Secret": ({"htpasswd": {"enabled": True}}, "htpasswd.existingSecret"),
+    "metricsAuth without htpasswd": ({"htpasswd": {"metricsAuth": True}}, "needs htpasswd.enabled"),
+    "tls without a Secret": ({"tls": {"enabled": True}}, "tls.existingSecret"),
+    "grace period too short": ({"terminationGracePeriodSeconds": 35}, "must be larger than config.shutdownDelay"),
+    "DaemonSet with one claim": ({"kind": "DaemonSet"}, "cannot share one PersistentVolumeClaim"),
+    "replicas on a ReadWriteOnce claim": ({"replicaCount": 2}, "ReadWriteOnce"),
+    "no image": ({"image": {"repository": ""}}, "image.repository is required"),
+    "bad maxSize": ({"maxSize": "lots"}, "is not a size"),
+    "skipVerify without TLS": ({"nodeConfigurator": {"enabled": True, "skipVerify": True}}, "https:// mirror"),
+    "endpoints twice": (
+        {"config": {"upstreams": {"r.example": ["https://a"]}, "registries": {"r.example": {"endpoints": ["https://b"]}}}},
+        "endpoints in both",
+    ),
+}
+
+HELM_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by"}
+
+
+# ------------------------------------------------------------------ helpers on objects
+def objects_of(rendered: dict[str, str], where: str) -> list[dict]:
+    out = []
+    for name, text in sorted(rendered.items()):
+        if not name.endswith((".yaml", ".yml")):
+            continue
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as e:
+            problem(f"{where}: {name} is not YAML: {e}")
+            continue
+        for d in docs:
+            if not isinstance(d, dict) or not all(k in d for k in ("apiVersion", "kind", "metadata")):
+                problem(f"{where}: {name}: a document without apiVersion/kind/metadata")
+                continue
+            d.setdefault("metadata", {})
+            out.append(d)
+    return out
+
+
+def find(objs: list[dict], kind: str, name: str | None = None) -> dict | None:
+    for o in objs:
+        if o["kind"] == kind and (name is None or o["metadata"].get("name") == name):
+            return o
+    return None
+
+
+def toml_of(cm: dict, key: str, where: str):
+    text = (cm.get("data") or {}).get(key)
+    if text is None:
+        problem(f"{where}: ConfigMap {cm['metadata']['name']} has no {key}")
+        return None, None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as e:
+        problem(f"{where}: ConfigMap {cm['metadata']['name']} {key} is not TOML: {e}")
+        return None, text
+
+
+def cache_workload(objs: list[dict]) -> dict | None:
+    for o in objs:
+        if o["kind"] in ("Deployment", "DaemonSet") and (o["metadata"].get("labels") or {}).get(
+            "app.kubernetes.io/component"
+        ) == "cache":
+            return o
+    return None
+
+
+def toml_files(cfg: dict) -> list[tuple[str, str]]:
+    """(key, path) of every file ocicache.toml names."""
+    out = [(k, cfg[k]) for k in ("creds_file", "docker_config", "htpasswd", "tls_cert", "tls_key") if cfg.get(k)]
+    for name, reg in (cfg.get("registries") or {}).items():
+        for k in ("ca", "client_cert", "client_key"):
+            if reg.get(k):
+                out.append((f'registries."{name}".{k}', reg[k]))
+    return out
+
+
+# ------------------------------------------------------------------ checks
+def check_wiring(where: str, objs: list[dict]) -> tuple[dict | None, str | None, dict | None]:
+    """Consistency inside one set of objects; returns (parsed ocicache.toml, its text, workload)."""
+    cm = next(
+        (o for o in objs if o["kind"] == "ConfigMap" and "ocicache.toml" in (o.get("data") or {})), None
+    )
+    wl = cache_workload(objs)
+    if cm is None or wl is None:
+        problem(f"{where}: no ConfigMap with ocicache.toml or no cache Deployment/DaemonSet")
+        return None, None, wl
+    cfg, text = toml_of(cm, "ocicache.toml", where)
+    if cfg is None:
+        return None, text, wl
+    pod = wl["spec"]["template"]["spec"]
+    c = next((c for c in pod["containers"] if c["name"] == "ocicache"), None)
+    if c is None:
+        problem(f"{where}: no container named ocicache")
+        return cfg, text, wl
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = c.get("volumeMounts", [])
+    for m in mounts:
+        if m["name"] not in volumes:
+            problem(f"{where}: volumeMount {m['name']} has no volume")
+    cfg_mount = next((m for m in mounts if m["mountPath"] == "/etc/ocicache/ocicache.toml"), None)
+    if not cfg_mount or volumes.get(cfg_mount["name"], {}).get("configMap", {}).get("name") != cm["metadata"]["name"]:
+        problem(f"{where}: ocicache.toml of ConfigMap {cm['metadata']['name']} is not mounted at /etc/ocicache/ocicache.toml")
+    if "--config=/etc/ocicache/ocicache.toml" not in (c.get("args") or []):
+        problem(f"{where}: the container is not started with --config=/etc/ocicache/ocicache.toml")
+    cache = next((m for m in mounts if m["name"] == "cache"), None)
+    if not cache or cache["mountPath"] != cfg.get("cache_dir"):
+        problem(f"{where}: the cache volume is not mounted at cache_dir {cfg.get('cache_dir')!r}")
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+    if ports.get("http") != cfg.get("port", 3000):
+        problem(f"{where}: containerPort http {ports.get('http')} != port {cfg.get('port', 3000)}")
+    # Every file the config names is on a mount, and a Secret/ConfigMap item of that name exists.
+    for key, path in toml_files(cfg):
+        m = max(
+            (m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")),
+            key=lambda m: len(m["mountPath"]),
+            default=None,
+        )
+        if m is None:
+            problem(f"{where}: {key} = {path!r} is on no volumeMount of the ocicache container")
+            continue
+        rel = path[len(m["mountPath"].rstrip("/")) + 1 :]
+        vol = volumes.get(m["name"], {})
+        source = vol.get("secret") or vol.get("configMap") or {}
+        items = source.get("items")
+        if items is not None and rel not in {i["path"] for i in items}:
+            problem(f"{where}: {key} = {path!r}, but volume {m['name']} has no item with path {rel!r}")
+        if m.get("subPath"):
+            problem(f"{where}: {key} is mounted with subPath, so updates of its Secret never reach the pod")
+    # TLS: probes use HTTPS exactly when the cache serves it.
+    tls = bool(cfg.get("tls_cert"))
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = (c.get(probe) or {}).get("httpGet")
+        if not get:
+            problem(f"{where}: {probe} has no httpGet")
+            continue
+        scheme = get.get("scheme", "HTTP")
+        if scheme != ("HTTPS" if tls else "HTTP"):
+            problem(f"{where}: {probe} scheme {scheme} while the cache serves {'HTTPS' if tls else 'HTTP'}")
+    # Kubernetes must not kill ocicache before its own shutdown is done.
+    delay, timeout = seconds(cfg.get("shutdown_delay", 0)), seconds(cfg.get("shutdown_timeout", 30))
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if delay is None or timeout is None:
+        problem(f"{where}: shutdown_delay/shutdown_timeout not understood")
+    elif grace <= delay + timeout:
+        problem(f"{where}: terminationGracePeriodSeconds {grace} <= shutdown_delay + shutdown_timeout ({delay + timeout:g}s)")
+    # The node configurator's mirror URL matches the cache.
+    hosts_cm = next((o for o in objs if o["kind"] == "ConfigMap" and "hosts.toml" in (o.get("data") or {})), None)
+    if hosts_cm is not None:
+        hosts, _ = toml_of(hosts_cm, "hosts.toml", where)
+        urls = list((hosts or {}).get("host", {}))
+        if len(urls) != 1 or not urls[0].startswith("https://" if tls else "http://"):
+            problem(f"{where}: hosts.toml mirror {urls} does not match the cache's {'https' if tls else 'http'}")
+        elif sorted(hosts["host"][urls[0]].get("capabilities", [])) != ["pull", "resolve"]:
+            problem(f"{where}: hosts.toml capabilities are not pull, resolve")
+    for sm in (o for o in objs if o["kind"] == "ServiceMonitor"):
+        for ep in sm["spec"].get("endpoints", []):
+            if (ep.get("scheme", "http") == "https") != tls:
+                problem(f"{where}: ServiceMonitor scheme {ep.get('scheme', 'http')} while TLS is {'on' if tls else 'off'}")
+    return cfg, text, wl
+
+
+def ocicache_toml_of(objs: list[dict]) -> dict | None:
+    cm = next((o for o in objs if o["kind"] == "ConfigMap" and "ocicache.toml" in (o.get("data") or {})), None)
+    try:
+        return tomllib.loads(cm["data"]["ocicache.toml"]) if cm else None
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def check_schemas(where: str, objs: list[dict], versions: list[str]) -> int:
+    import kubernetes_validate
+    import kubernetes_validate.utils as kv_utils
+
+    if not hasattr(kv_utils.schema_contents, "cache_info"):
+        # It reads the (large) definitions file again for every object: read each file once.
+        kv_utils.schema_contents = functools.lru_cache(maxsize=None)(kv_utils.schema_contents)
+    valid = 0
+    for o in objs:
+        ident = f"{o['kind']} {o['metadata'].get('name')}"
+        if o["apiVersion"].startswith("monitoring.coreos.com/"):
+            # No schema in kubernetes-validate: the fields the Prometheus Operator needs.
+            spec = o.get("spec") or {}
+            ok = (o["kind"] == "ServiceMonitor" and spec.get("selector") and spec.get("endpoints")) or (
+                o["kind"] == "PrometheusRule" and all(r.get("expr") for g in spec.get("groups", []) for r in g.get("rules", []))
+            )
+            if not ok:
+                problem(f"{where}: {ident}: incomplete")
+            continue
+        for v in versions:
+            try:
+                kubernetes_validate.validate(o, v, strict=True)
+                valid += 1
+            except kubernetes_validate.ValidationError as e:
+                path = "/".join(str(p) for p in e.path)
+                problem(f"{where}: {ident} against Kubernetes {v}: {path}: {e.message}")
+            except Exception as e:  # SchemaNotFoundError (a typo in kind or apiVersion), unsupported version
+                problem(f"{where}: {ident}: cannot validate against Kubernetes {v}: {type(e).__name__}: {e}")
+    return valid
+
+
+def strip_helm(o):
+    if isinstance(o, dict):
+        out = {}
+        for k, v in o.items():
+            if k in HELM_LABELS or k.startswith("checksum/"):
+                continue
+            v = strip_helm(v)
+            if k == "annotations" and not v:
+                continue
+            out[k] = v
+        return out
+    if isinstance(o, list):
+        return [strip_helm(x) for x in o]
+    return o
+
+
+def diff_paths(a, b, path=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a:
+                yield f"{path}/{k}: only in the plain manifest"
+            elif k not in b:
+                yield f"{path}/{k}: only in the chart"
+            else:
+                yield from diff_paths(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            yield from diff_paths(x, y, f"{path}/{i}")
+    elif a != b:
+        yield f"{path}: chart {json.dumps(a)[:120]} != plain {json.dumps(b)[:120]}"
+
+
+def compare_plain(chart_objs: list[dict], plain_objs: list[dict]) -> None:
+    key = lambda o: (o["kind"], o["metadata"].get("name"))
+    chart = {key(o): o for o in chart_objs}
+    plain = {key(o): o for o in plain_objs}
+    for k in sorted(set(chart) - set(plain)):
+        problem(f"plain manifests: no {k[0]} {k[1]} (the chart renders it)")
+    for k in sorted(set(plain) - set(chart)):
+        if k[0] != "Namespace":
+            problem(f"plain manifests: {k[0]} {k[1]} is not in the chart's rendering")
+    for k in sorted(set(chart) & set(plain)):
+        a, b = strip_helm(chart[k]), strip_helm(plain[k])
+        if k[0] == "ConfigMap":
+            for field in sorted(set(a.get("data", {})) | set(b.get("data", {}))):
+                ta, tb = a.get("data", {}).get(field), b.get("data", {}).get(field)
+                if field.endswith(".toml") and ta is not None and tb is not None:
+                    try:
+                        pa, pb = tomllib.loads(ta), tomllib.loads(tb)
+                    except tomllib.TOMLDecodeError:
+                        continue  # reported by check_wiring
+                    for d in diff_paths(pa, pb, f"{field}"):
+                        problem(f"plain manifests: ConfigMap {k[1]} {d}")
+                elif ta != tb:
+                    problem(f"plain manifests: ConfigMap {k[1]} {field} differs from the chart's")
+            a.pop("data", None)
+            b.pop("data", None)
+        for d in diff_paths(a, b):
+            problem(f"plain manifests: {k[0]} {k[1]} {d}")
+    ns = find(plain_objs, "Namespace", "ocicache")
+    if ns is None:
+        problem("plain manifests: no Namespace ocicache")
+
+
+def check_values_paths() -> int:
+    """Every .Values path a template reads exists in values.yaml (also in branches no scenario renders)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    n = 0
+    for tpl in sorted((CHART / "templates").glob("*")):
+        n += 1
+        for path in sorted(set(re.findall(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", tpl.read_text()))):
+            node = values
+            for part in path.strip(".").split("."):
+                if not isinstance(node, dict) or part not in node:
+                    problem(f"{tpl.relative_to(ROOT)}: .Values{path} is not in values.yaml")
+                    break
+                node = node[part]
+    return n
+
+
+def yamllint_texts(items: list[tuple[str, str]], relaxed: bool) -> None:
+    from yamllint import linter
+    from yamllint.config import YamlLintConfig
+
+    rules = "{line-length: {max: 160}, document-start: disable"
+    if relaxed:  # helm's toYaml writes sequences unindented and long lines
+        rules = "{document-start: disable, line-length: disable, indentation: {indent-sequences: whatever}, empty-lines: {max: 1, max-start: 1}"
+    conf = YamlLintConfig("{extends: default, rules: " + rules + "}}")
+    for name, text in items:
+        for p in linter.run(text, conf):
+            problem(f"yamllint {name}:{p.line}:{p.column}: {p.level}: {p.desc} ({p.rule})")
+
+
+# ------------------------------------------------------------------ running ocicache
+class Fixtures:
+    """Files standing in for the Secrets a rendered config names."""
+
+    def __init__(self, work: Path):
+        self.dir = work / "fixtures"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "creds.yaml").write_text("registry.corp.example:\n  username: puller\n  password: secret\n")
+        (self.dir / "config.json").write_text(
+            json.dumps({"auths": {"ghcr.io": {"auth": "dTpw"}}, "credHelpers": {"us-docker.pkg.dev": "gcr"}})
+        )
+        # A bcrypt entry as htpasswd -B writes it (user "u", password "p"; only read, never verified here).
+        (self.dir / "htpasswd").write_text("u:$2y$05$Wj0gJ7ioZ9dDgO7a6P2tN.zjJ1m0D9s7xvRz7x8z0ZrO0x8QyQ9uG\n")
+        self.tls = False
+        if shutil.which("openssl"):
+            r = subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", str(self.dir / "tls.key"), "-out", str(self.dir / "tls.crt"), "-days", "2",
+                 "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                capture_output=True, text=True, timeout=30,
+            )
+            self.tls = r.returncode == 0
+            if not self.tls:
+                notes.append("openssl could not make a test certificate: TLS configs not started")
+        else:
+            notes.append("no openssl: TLS configs not started")
+
+    def path_for(self, key: str) -> Path:
+        name = {"creds_file": "creds.yaml", "docker_config": "config.json", "htpasswd": "htpasswd",
+                "tls_cert": "tls.crt", "tls_key": "tls.key"}.get(key)
+        if name is None:  # registries.*.ca / client_cert / client_key
+            name = "tls.key" if key.endswith("client_key") else "tls.crt"
+        return self.dir / name
+
+
+def run_config(binary: str, where: str, cfg: dict, text: str, fixtures: Fixtures, work: Path, http_checks: bool) -> bool:
+    """Starts ocicache on the config (Secret files replaced by fixtures); checks probes and auth."""
+    needs_tls = any(k in ("tls_cert", "tls_key") or k.endswith(("ca", "client_cert", "client_key")) for k, _ in toml_files(cfg))
+    if needs_tls and not fixtures.tls:
+        return False
+    for key, path in toml_files(cfg):
+        text = text.replace(json.dumps(path), json.dumps(str(fixtures.path_for(key))))
+    slug = re.sub(r"[^a-z0-9]+", "-", where.lower())
+    conf = work / f"{slug}.toml"
+    conf.write_text(text)
+    log_path = work / f"{slug}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCICACHE_") and "PROXY" not in k.upper()}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [binary, "--config", str(conf), "--listen", "127.0.0.1", "--port", "0",
+             "--cache-dir", str(work / f"cache-{slug}"), "--shutdown-delay", "0s", "--shutdown-timeout", "2s"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        port = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(r'listen["=:]+"?127\.0\.0\.1:(\d+)', log_path.read_text(errors="replace"))
+            if m and "ocicache serving" in log_path.read_text(errors="replace"):
+                port = int(m.group(1))
+                break
+            time.sleep(0.05)
+        if port is None:
+            out = log_path.read_text(errors="replace").strip().splitlines()
+            problem(f"{where}: ocicache did not start on its ocicache.toml: {' | '.join(out[-3:]) or 'no output'}")
+            return True
+        if http_checks:
+            check_http(where, cfg, port)
+        return True
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def check_http(where: str, cfg: dict, port: int) -> None:
+    scheme = "https" if cfg.get("tls_cert") else "http"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    auth = bool(cfg.get("htpasswd"))
+    expect = {"/healthz": 200, "/readyz": 200, "/v2/": 401 if auth else 200,
+              "/metrics": 401 if auth and cfg.get("metrics_auth") else 200}
+    for path, want in expect.items():
+        url = f"{scheme}://127.0.0.1:{port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10, context=ctx if scheme == "https" else None) as r:
+                got = r.status
+        except urllib.error.HTTPError as e:
+            got = e.code
+        except OSError as e:
+            got = f"no answer ({e})"
+        if got != want:
+            problem(f"{where}: GET {url} answered {got}, expected {want}")
+
+
+# ------------------------------------------------------------------ main
+def main() -> int:
+    global verbose
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="")
+    ap.add_argument("--k8s-versions", default="1.25.0 1.33.0")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    verbose = args.verbose
+    work = Path(args.work)
+    versions = args.k8s_versions.split()
+    summary = {"objects": 0, "renderings": 0, "refusals": 0, "configs_started": 0, "versions": versions, "notes": notes}
+
+    step("yamllint: plain manifests, Chart.yaml, values.yaml")
+    yamllint_texts([(str(p.relative_to(ROOT)), p.read_text()) for p in PLAIN + [CHART / "Chart.yaml", CHART / "values.yaml"]], relaxed=False)
+
+    step("template references")
+    check_values_paths()
+
+    try:
+        import helm_python
+        from helm_python.chart import Chart
+    except Exception as e:  # no wheel of the helm library for this platform
+        helm_python = None
+        notes.append(f"chart NOT rendered (helm library unavailable: {e})")
+
+    base = {"image": {"repository": IMAGE}}
+    renderings: dict[str, list[dict]] = {}
+    if helm_python is not None:
+        step(f"helm {helm_python.helm_sdk_version()}: lint and render the chart")
+        for lint_values in ({}, SCENARIOS["everything"]):
+            res = helm_python.lint(str(CHART), values=merge(base, lint_values), strict=True, namespace="ocicache")
+            for m in res.get("messages", []):
+                if m.get("severity", 0) > 1:  # 1 is INFO ("icon is recommended")
+                    problem(f"helm lint: {m.get('path')}: {m.get('error')}")
+            for e in res.get("errors") or []:
+                problem(f"helm lint: {e}")
+        chart = Chart.load(str(CHART))
+        for name, values in SCENARIOS.items():
+            try:
+                rendered = chart.render(values=merge(base, values), name="ocicache", namespace="ocicache", is_install=True)
+            except Exception as e:
+                problem(f"chart [{name}]: does not render: {e}")
+                continue
+            summary["renderings"] += 1
+            yamllint_texts([(f"chart [{name}] {k}", v) for k, v in rendered.items() if k.endswith(".yaml") and v.strip()], relaxed=True)
+            renderings[name] = objects_of(rendered, f"chart [{name}]")
+            if not any(k.endswith("NOTES.txt") and v.strip() for k, v in rendered.items()):
+                problem(f"chart [{name}]: NOTES.txt renders empty")
+        for name, (values, message) in MUST_FAIL.items():
+            try:
+                chart.render(values=merge(base, values), name="ocicache", namespace="ocicache", is_install=True)
+                problem(f"chart refuses nothing with {name} ({json.dumps(values)}); expected a failure saying {message!r}")
+            except Exception as e:
+                if message not in str(e):
+                    problem(f"chart with {name}: failed with {e!s}, expected a message containing {message!r}")
+                else:
+                    summary["refusals"] += 1
+
+    step("plain manifests")
+    plain_objs = []
+    for p in PLAIN:
+        plain_objs += objects_of({p.name: p.read_text()}, str(p.relative_to(ROOT)))
+
+    step(f"Kubernetes schemas {', '.join(versions)} (strict)")
+    summary["objects"] += check_schemas("plain manifests", plain_objs, versions)
+    for name, objs in renderings.items():
+        summary["objects"] += check_schemas(f"chart [{name}]", objs, versions)
+
+    step("wiring, chart vs plain manifests, hosts.toml")
+    configs = []  # (where, cfg, text, http checks)
+    cfg, text, _ = check_wiring("plain manifests", plain_objs)
+    if cfg is not None:
+        configs.append(("plain manifests", cfg, text, True))
+    for name, objs in renderings.items():
+        cfg, text, _ = check_wiring(f"chart [{name}]", objs)
+        for k, want in EXPECT_TOML.get(name, {}).items():
+            if cfg is not None and cfg.get(k) != want:
+                problem(f"chart [{name}]: ocicache.toml {k} = {cfg.get(k)!r}, expected {want!r}")
+        if cfg is not None:
+            configs.append((f"chart [{name}]", cfg, text, True))
+    if "plain" in renderings:
+        compare_plain(renderings["plain"], plain_objs)
+    if "everything" in renderings:
+        # The plain manifests carry the optional Secrets as comments: the same paths as the chart.
+        cfg = ocicache_toml_of(renderings["everything"])
+        plain_text = "\n".join(p.read_text() for p in PLAIN)
+        for key, path in toml_files(cfg or {}):
+            if not key.startswith("registries.") and f'# {key} = "{path}"' not in plain_text:
+                problem(f'plain manifests: no commented `{key} = "{path}"` (the chart\'s path) in the ConfigMap')
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    mirror = f"http://localhost:{values['service']['nodePort']}"
+    try:
+        hosts = tomllib.loads(HOSTS_TOML.read_text())
+    except tomllib.TOMLDecodeError as e:
+        problem(f"{HOSTS_TOML.relative_to(ROOT)}: {e}")
+        hosts = None
+    hosts_cm = find(plain_objs, "ConfigMap", "ocicache-hosts")
+    plain_hosts = toml_of(hosts_cm, "hosts.toml", "plain manifests")[0] if hosts_cm else None
+    for where, parsed in ((str(HOSTS_TOML.relative_to(ROOT)), hosts), ("plain manifests ocicache-hosts", plain_hosts)):
+        if parsed is not None and parsed != {"host": {mirror: {"capabilities": ["pull", "resolve"]}}}:
+            problem(f"{where}: expected one [host.\"{mirror}\"] with capabilities pull, resolve; got {parsed}")
+
+    if args.binary:
+        step(f"{args.binary}: every ocicache.toml started on 127.0.0.1, probes and auth over HTTP(S)")
+        fixtures = Fixtures(work)
+        for where, cfg, text, http_checks in configs:
+            if run_config(args.binary, where, cfg, text, fixtures, work, http_checks):
+                summary["configs_started"] += 1
+        r = subprocess.run([args.binary, "hosts", "--endpoint", mirror], capture_output=True, text=True, timeout=30)
+        try:
+            generated = tomllib.loads(r.stdout) if r.returncode == 0 else None
+        except tomllib.TOMLDecodeError:
+            generated = None
+        if generated is None or hosts is None or generated.get("host") != hosts.get("host"):
+            problem(f"`ocicache hosts --endpoint {mirror}` does not give the host table of {HOSTS_TOML.relative_to(ROOT)}: {r.stdout or r.stderr}")
+    summary["problems"] = len(problems)
+    print(json.dumps(summary))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+//! Object storage shared by replicas: a real S3-compatible server (moto) on loopback, real
+//! docker-registry upstreams, the ocicache binary as separate replica processes.
+
+mod support;
+
+use support::*;
+
+fn replica(moto: &Moto, bucket: &str, dir: &std::path::Path, upstream: &str) -> CacheProcess {
+    let env = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = dir.to_str().unwrap();
+    CacheProcess::spawn_env(&["-b", bucket, "-d", d, "--upstream", upstream], &env)
+}
+
+fn has_blob(keys: &[String], digest: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    keys.iter().any(|k| k.starts_with("blobs/sha256/") && k.ends_with(hex))
+}
+
+#[test]
+fn a_second_replica_serves_what_the_first_cached_without_asking_the_origin() {
+    let moto = Moto::start();
+    moto.create_bucket("cache");
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(
+        dir.path(),
+        "1",
+        "amd64",
+        &[LayerSpec::file("a", random_bytes(200_000, 1)), LayerSpec::file("b", random_bytes(12_000_000, 2))],
+    );
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    let up = format!("one.test={}", upstream.url());
+
+    let d1 = tempfile::tempdir().unwrap();
+    let r1 = replica(&moto, "cache", d1.path(), &up);
+    let out = tempfile::tempdir().unwrap();
+    let src = |port: u16| format!("docker://127.0.0.1:{port}/one.test/test/img:1");
+    assert_success(&skopeo_copy_to_dir(&src(r1.port), out.path(), &[]), "pull via replica 1");
+    poll_until(DEFAULT_TIMEOUT, "the blobs to reach the bucket", || {
+        let keys = moto.keys("cache");
+        img.blob_digests().iter().all(|d| has_blob(&keys, d))
+    });
+    assert!(moto.keys("cache").iter().any(|k| k.starts_with("manifests/")), "manifests live in the bucket too");
+
+    let mark = upstream.mark();
+    let d2 = tempfile::tempdir().unwrap();
+    let r2 = replica(&moto, "cache", d2.path(), &up);
+    let out2 = tempfile::tempdir().unwrap();
+    assert_success(&skopeo_copy_to_dir(&src(r2.port), out2.path(), &[]), "pull via replica 2");
+    let layer = img.layer_digests[1].strip_prefix("sha256:").unwrap();
+    assert_eq!(std::fs::read(out2.path().join(layer)).unwrap(), img.layer_blobs[1]);
+    let asked = upstream.requests_since(mark);
+    assert!(asked.is_empty(), "replica 2 asked the origin: {asked:?}");
+    // Ranges are served from the bucket.
+    let r = http_request(
+        &format!("127.0.0.1:{}", r2.port),
+        "GET",
+        &format!("/v2/one.test/test/img/blobs/{}", img.layer_digests[1]),
+        &[("Range", "bytes=100-199")],
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &img.layer_blobs[1][100..200]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_fill_leaves_nothing_that_is_served_and_the_next_pull_works() {
+    use futures_util::StreamExt;
+    let moto = Moto::start();
+    moto.create_bucket("cache");
+    let origin = FakeOrigin::start();
+    let data = random_bytes(8 << 20, 3);
+    // Fault: the origin holds mid-blob, so the replica is killed while filling.
+    let digest = origin.add_blob(data.clone(), Fault::HoldAt(4 << 20));
+    let up = format!("fake.test={}", origin.url());
+    let d1 = tempfile::tempdir().unwrap();
+    let mut r1 = replica(&moto, "cache", d1.path(), &up);
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v2/fake.test/app/blobs/{digest}");
+    let resp = reqwest::get(url(r1.port)).await.unwrap();
+    let mut body = resp.bytes_stream();
+    let mut received = body.next().await.unwrap().unwrap().len();
+    r1.child.kill().unwrap();
+    r1.child.wait().unwrap();
+    while let Some(Ok(c)) = body.next().await {
+        received += c.len();
+    }
+    assert!(received < data.len(), "the client of the killed replica must not get a whole blob");
+    assert!(!has_blob(&moto.keys("cache"), &digest), "a killed fill left an object");
+
+    origin.release();
+    let d2 = tempfile::tempdir().unwrap();
+    let r2 = replica(&moto, "cache", d2.path(), &up);
+    let got = reqwest::get(url(r2.port)).await.unwrap().bytes().await.unwrap();
+    assert!(got == data, "wrong bytes after the restart");
+    poll_until(DEFAULT_TIMEOUT, "the verified blob to reach the bucket", || has_blob(&moto.keys("cache"), &digest));
+}
+
+#[test]
+fn a_missing_bucket_fails_the_start_with_a_clear_message() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = ocicache_bin();
+    for (k, v) in moto.env() {
+        cmd.env(k, v);
+    }
+    let out = run_output(cmd.args([
+        "-b",
+        "no-such-bucket",
+        "-d",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1",
+        "-p",
+        "0",
+    ]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot list the bucket") && err.contains("no-such-bucket"), "{err}");
+}

@@ -1,0 +1,77 @@
+//! An S3-compatible server on loopback for the object-storage tests: moto in server mode, installed
+//! by `.ci/run` into `target/moto-venv` (or named by `OCICACHE_MOTO_SERVER`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::{free_port, http_request, wait_for_port};
+
+pub struct Moto {
+    pub port: u16,
+    child: Child,
+}
+
+fn moto_server() -> PathBuf {
+    if let Ok(p) = std::env::var("OCICACHE_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/moto-venv/bin/moto_server");
+    assert!(
+        p.exists(),
+        "moto_server not found at {}: run `python3 -m venv target/moto-venv && target/moto-venv/bin/pip install 'moto[server]'` (.ci/run does this)",
+        p.display()
+    );
+    p
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new(moto_server())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        wait_for_port(port);
+        Moto { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        let r = http_request(&self.addr(), "PUT", &format!("/{name}"), &[("Content-Length", "0")]);
+        assert_eq!(r.status, 200, "create bucket {name}: {}", String::from_utf8_lossy(&r.body));
+    }
+
+    /// Every object key in the bucket.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let r = http_request(&self.addr(), "GET", &format!("/{bucket}?list-type=2&max-keys=1000"), &[]);
+        assert_eq!(r.status, 200, "list {bucket}");
+        let body = String::from_utf8_lossy(&r.body);
+        body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
+    }
+
+    /// Environment for an ocicache process using this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL_S3", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
