@@ -86,7 +86,7 @@ pub struct Cli {
     #[arg(global = true, long, value_enum)]
     pub log_format: Option<LogFormat>,
 
-    /// Registry whose manifests are never cached (only blobs); repeatable
+    /// Registry whose content is private: cached, but served only to clients the origin confirms; repeatable
     #[arg(global = true, long = "private-registry", value_name = "HOST")]
     pub private_registry: Vec<String>,
 
