@@ -4,23 +4,31 @@ helm-python-sdk). Run it through validate.sh, which makes that venv.
   1. yamllint (warnings are errors) on the plain manifests, Chart.yaml and values.yaml, and on what
      the chart renders;
   2. the helm chart is linted and rendered offline (Helm's own Go template engine, no cluster) with
-     several sets of values; combinations the chart must refuse are checked to fail with their
-     message (s3.enabled, a missing Secret, a grace period shorter than the shutdown, ...);
+     several sets of values (object storage among them); combinations the chart must refuse are
+     checked to fail with their message (s3 without a bucket, a missing Secret, a grace period
+     shorter than the shutdown, ...);
   3. every rendered object and every object of deploy/kubernetes/*.yaml is validated against the
      Kubernetes OpenAPI schemas (strict: unknown fields, wrong types, unknown kinds are errors);
      Prometheus Operator objects, which have no schema there, get a structural check;
   4. the wiring inside each rendering: every file ocicache.toml names lies on a mount of the cache
      container whose Secret or ConfigMap item has that name, every mount has its volume, the cache
      volume is mounted at cache_dir, probes use HTTPS exactly when TLS is on, the grace period is
-     longer than shutdown_delay + shutdown_timeout, hosts.toml names the right mirror URL;
-  5. deploy/kubernetes/ocicache.yaml is the chart's rendering with default values (plus the node
-     configurator), object by object (ConfigMap TOML compared parsed), its commented optional
-     settings use the chart's file paths, and deploy/containerd/hosts.toml is the host table the
-     chart writes;
-  6. with an ocicache binary, every rendered ocicache.toml and the plain one are started on
+     longer than shutdown_delay + shutdown_timeout, hosts.toml names the right mirror URL; with
+     object storage: storage = "s3://...", the cache volume an emptyDir, no claim, a rolling update,
+     the AWS_* variables of the values;
+  5. each file of deploy/kubernetes/ is the chart's rendering with the values of its scenario
+     (ocicache.yaml: the defaults plus the node configurator; ocicache-s3.yaml: a bucket and three
+     replicas), object by object (ConfigMap TOML compared parsed), the commented optional settings
+     use the chart's file paths, and deploy/containerd/hosts.toml is the host table the chart writes;
+  6. with an ocicache binary, every rendered ocicache.toml and the plain ones are started on
      127.0.0.1 (the Secret files replaced by generated fixtures), which refuses unknown keys and
-     bad values, and the probes' paths, client authentication and TLS are checked over HTTP(S);
-     `ocicache hosts` must produce the same host table.
+     bad values, and the probes' paths, client authentication and TLS are checked over HTTP(S).
+     A config with object storage would reach for its bucket: it is started with the pod's literal
+     AWS_* variables, dummy keys and AWS_ENDPOINT_URL_S3 pointing at a local endpoint that has no
+     buckets (404 NoSuchBucket at once; a closed port would be retried for seconds), and must get as
+     far as "cannot list the bucket" for its own storage URL, having asked for that bucket and prefix
+     (so every key was known and every value valid). `ocicache hosts` must produce the same host
+     table.
 
 Prints problems to stderr and a JSON summary on the last line of stdout; exits 1 on any problem.
 """
@@ -40,6 +48,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -53,6 +62,8 @@ except ImportError:  # Python < 3.11
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy/helm/ocicache"
 PLAIN = sorted((ROOT / "deploy/kubernetes").glob("*.yaml"))
+# The chart scenario each plain manifest file must equal.
+PLAIN_SCENARIOS = {"ocicache.yaml": "plain", "ocicache-s3.yaml": "plain-s3"}
 HOSTS_TOML = ROOT / "deploy/containerd/hosts.toml"
 IMAGE = "registry.example.com/ocicache"
 
@@ -144,6 +155,54 @@ SCENARIOS = {
         "terminationGracePeriodSeconds": 90,
     },
     "emptydir": {"replicaCount": 2, "persistence": {"type": "emptyDir", "emptyDir": {"sizeLimit": "20Gi"}}},
+    # Object storage: static keys from a Secret, the China endpoint, a prefix given with slashes.
+    "s3": {
+        "replicaCount": 3,
+        "s3": {
+            "enabled": True,
+            "bucket": "cache-bucket",
+            "prefix": "/team/ocicache/",
+            "region": "cn-north-1",
+            "endpoint": "https://s3.cn-north-1.amazonaws.com.cn",
+            "existingSecret": "ocicache-s3",
+            "env": {"AWS_ENDPOINT_URL_STS": "https://sts.cn-north-1.amazonaws.com.cn"},
+            "stagingSizeLimit": "50Gi",
+        },
+        "maxAge": "7d",
+        "extraEnv": [{"name": "NO_PROXY", "value": ".amazonaws.com.cn"}],
+    },
+    # One cache per node sharing a bucket; persistence.* is ignored (no hostPath, no init container).
+    "s3-daemonset": {
+        "kind": "DaemonSet",
+        "hostNetwork": True,
+        "persistence": {"type": "hostPath"},
+        "s3": {"enabled": True, "bucket": "cache-bucket", "stagingSizeLimit": ""},
+    },
+    # deploy/kubernetes/ocicache-s3.yaml is this rendering.
+    "plain-s3": {
+        "nodeConfigurator": {"enabled": True},
+        "replicaCount": 3,
+        "s3": {"enabled": True, "bucket": "my-ocicache-bucket", "prefix": "ocicache", "region": "eu-central-1"},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/ocicache-s3"}},
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "20Gi"},
+            "limits": {"memory": "2Gi"},
+        },
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {
+                    "matchLabels": {
+                        "app.kubernetes.io/name": "ocicache",
+                        "app.kubernetes.io/instance": "ocicache",
+                        "app.kubernetes.io/component": "cache",
+                    }
+                },
+            }
+        ],
+    },
 }
 
 # What each scenario's ocicache.toml must contain (beyond the generic checks).
@@ -160,11 +219,37 @@ EXPECT_TOML = {
     },
     "daemonset": {"listen": "::"},
     "emptydir": {"max_size": "18GiB"},
+    "s3": {"storage": "s3://cache-bucket/team/ocicache", "max_size": "5GiB", "max_age": "7d"},
+    "s3-daemonset": {"storage": "s3://cache-bucket", "max_size": None},
+    "plain-s3": {"storage": "s3://my-ocicache-bucket/ocicache", "max_size": "2GiB"},
+}
+
+# The cache container's environment in a scenario: literal values, or ("secret", name, key).
+EXPECT_ENV = {
+    "s3": {
+        "AWS_REGION": "cn-north-1",
+        "AWS_ENDPOINT_URL_S3": "https://s3.cn-north-1.amazonaws.com.cn",
+        "AWS_ENDPOINT_URL_STS": "https://sts.cn-north-1.amazonaws.com.cn",
+        "AWS_ACCESS_KEY_ID": ("secret", "ocicache-s3", "AWS_ACCESS_KEY_ID"),
+        "AWS_SECRET_ACCESS_KEY": ("secret", "ocicache-s3", "AWS_SECRET_ACCESS_KEY"),
+        "NO_PROXY": ".amazonaws.com.cn",
+    },
+    "s3-daemonset": {},
+    "plain-s3": {"AWS_REGION": "eu-central-1"},
 }
 
 # Values the chart must refuse, and a piece of its message.
 MUST_FAIL = {
-    "s3.enabled": ({"s3": {"enabled": True, "url": "s3://bucket/prefix"}}, "object storage (S3) is not supported yet"),
+    "s3 without a bucket": ({"s3": {"enabled": True}}, "s3.enabled needs s3.bucket"),
+    "s3 bucket as a URL": ({"s3": {"enabled": True, "bucket": "s3://bucket/prefix"}}, "is not a bucket name"),
+    "s3 keys in values": (
+        {"s3": {"enabled": True, "bucket": "b", "env": {"AWS_SECRET_ACCESS_KEY": "x"}}},
+        "keys do not belong in values",
+    ),
+    "s3 region twice": (
+        {"s3": {"enabled": True, "bucket": "b", "region": "eu-west-1", "env": {"AWS_REGION": "eu-west-1"}}},
+        "set the same variable",
+    ),
     "htpasswd without a Secret": ({"htpasswd": {"enabled": True}}, "htpasswd.existingSecret"),
     "metricsAuth without htpasswd": ({"htpasswd": {"metricsAuth": True}}, "needs htpasswd.enabled"),
     "tls without a Secret": ({"tls": {"enabled": True}}, "tls.existingSecret"),
@@ -241,7 +326,43 @@ def toml_files(cfg: dict) -> list[tuple[str, str]]:
     return out
 
 
+def container_env(wl: dict | None) -> dict:
+    """The ocicache container's environment: a literal value, or ("secret", name, key)."""
+    if wl is None:
+        return {}
+    c = next((c for c in wl["spec"]["template"]["spec"]["containers"] if c["name"] == "ocicache"), {})
+    out = {}
+    for e in c.get("env") or []:
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        out[e["name"]] = ("secret", ref.get("name"), ref.get("key")) if ref else e.get("value")
+    return out
+
+
 # ------------------------------------------------------------------ checks
+def check_storage(where: str, objs: list[dict], cfg: dict, wl: dict, volumes: dict) -> None:
+    """With object storage: the cache volume only stages, no claim, rolling updates, AWS_* wiring."""
+    storage = cfg["storage"]
+    if not re.fullmatch(r"s3://[A-Za-z0-9][A-Za-z0-9._-]*(/[^/]+)*", storage):
+        problem(f"{where}: storage = {storage!r} is not s3://bucket[/prefix]")
+    if "bucket" in cfg:
+        problem(f"{where}: both storage and bucket in ocicache.toml (ocicache refuses that)")
+    if "emptyDir" not in volumes.get("cache", {}):
+        problem(f"{where}: with storage the cache volume should be an emptyDir (it only stages fills), not {volumes.get('cache')}")
+    for o in objs:
+        if o["kind"] == "PersistentVolumeClaim":
+            problem(f"{where}: PersistentVolumeClaim {o['metadata'].get('name')} rendered although the cache is in {storage}")
+    if wl["kind"] == "Deployment" and (wl["spec"].get("strategy") or {}).get("type") != "RollingUpdate":
+        problem(f"{where}: the pods share {storage}, but the Deployment does not roll (strategy {wl['spec'].get('strategy')})")
+    if any(c["name"] == "cache-dir-owner" for c in wl["spec"]["template"]["spec"].get("initContainers") or []):
+        problem(f"{where}: a hostPath init container although the cache is in {storage}")
+    env = container_env(wl)
+    if ("AWS_ACCESS_KEY_ID" in env) != ("AWS_SECRET_ACCESS_KEY" in env):
+        problem(f"{where}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        if name in env and not isinstance(env[name], tuple):
+            problem(f"{where}: {name} is a literal in the pod spec, not from a Secret")
+
+
 def check_wiring(where: str, objs: list[dict]) -> tuple[dict | None, str | None, dict | None]:
     """Consistency inside one set of objects; returns (parsed ocicache.toml, its text, workload)."""
     cm = next(
@@ -272,6 +393,8 @@ def check_wiring(where: str, objs: list[dict]) -> tuple[dict | None, str | None,
     cache = next((m for m in mounts if m["name"] == "cache"), None)
     if not cache or cache["mountPath"] != cfg.get("cache_dir"):
         problem(f"{where}: the cache volume is not mounted at cache_dir {cfg.get('cache_dir')!r}")
+    if cfg.get("storage"):
+        check_storage(where, objs, cfg, wl, volumes)
     ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
     if ports.get("http") != cfg.get("port", 3000):
         problem(f"{where}: containerPort http {ports.get('http')} != port {cfg.get('port', 3000)}")
@@ -397,15 +520,15 @@ def diff_paths(a, b, path=""):
         yield f"{path}: chart {json.dumps(a)[:120]} != plain {json.dumps(b)[:120]}"
 
 
-def compare_plain(chart_objs: list[dict], plain_objs: list[dict]) -> None:
+def compare_plain(chart_objs: list[dict], plain_objs: list[dict], fname: str) -> None:
     key = lambda o: (o["kind"], o["metadata"].get("name"))
     chart = {key(o): o for o in chart_objs}
     plain = {key(o): o for o in plain_objs}
     for k in sorted(set(chart) - set(plain)):
-        problem(f"plain manifests: no {k[0]} {k[1]} (the chart renders it)")
+        problem(f"plain manifests {fname}: no {k[0]} {k[1]} (the chart renders it)")
     for k in sorted(set(plain) - set(chart)):
         if k[0] != "Namespace":
-            problem(f"plain manifests: {k[0]} {k[1]} is not in the chart's rendering")
+            problem(f"plain manifests {fname}: {k[0]} {k[1]} is not in the chart's rendering")
     for k in sorted(set(chart) & set(plain)):
         a, b = strip_helm(chart[k]), strip_helm(plain[k])
         if k[0] == "ConfigMap":
@@ -417,16 +540,16 @@ def compare_plain(chart_objs: list[dict], plain_objs: list[dict]) -> None:
                     except tomllib.TOMLDecodeError:
                         continue  # reported by check_wiring
                     for d in diff_paths(pa, pb, f"{field}"):
-                        problem(f"plain manifests: ConfigMap {k[1]} {d}")
+                        problem(f"plain manifests {fname}: ConfigMap {k[1]} {d}")
                 elif ta != tb:
-                    problem(f"plain manifests: ConfigMap {k[1]} {field} differs from the chart's")
+                    problem(f"plain manifests {fname}: ConfigMap {k[1]} {field} differs from the chart's")
             a.pop("data", None)
             b.pop("data", None)
         for d in diff_paths(a, b):
-            problem(f"plain manifests: {k[0]} {k[1]} {d}")
+            problem(f"plain manifests {fname}: {k[0]} {k[1]} {d}")
     ns = find(plain_objs, "Namespace", "ocicache")
     if ns is None:
-        problem("plain manifests: no Namespace ocicache")
+        problem(f"plain manifests {fname}: no Namespace ocicache")
 
 
 def check_values_paths() -> int:
@@ -537,6 +660,88 @@ def run_config(binary: str, where: str, cfg: dict, text: str, fixtures: Fixtures
                 proc.wait()
 
 
+class NoBucketEndpoint:
+    """A local S3 endpoint that has no buckets: every request gets S3's 404 NoSuchBucket at once
+    (a 4xx is not retried, unlike a refused connection). Records the paths it was asked for."""
+
+    BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchBucket</Code>'
+            b"<Message>The specified bucket does not exist (deploy/validate.py)</Message></Error>")
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        paths = self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                paths.append(self.path)
+                self.send_response(404)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(NoBucketEndpoint.BODY)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(NoBucketEndpoint.BODY)
+
+            do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_storage_config(binary: str, where: str, cfg: dict, text: str, env_of_pod: dict, fixtures: Fixtures,
+                       work: Path, endpoint: NoBucketEndpoint) -> bool:
+    """ocicache on a config with object storage, its endpoint replaced by one without buckets: it
+    must read the whole config (an unknown key or a bad value stops it earlier, with another message)
+    and then fail listing exactly the bucket and prefix of its storage URL."""
+    storage = cfg["storage"]
+    needs_tls = any(k in ("tls_cert", "tls_key") or k.endswith(("ca", "client_cert", "client_key")) for k, _ in toml_files(cfg))
+    if needs_tls and not fixtures.tls:
+        return False
+    for key, path in toml_files(cfg):
+        text = text.replace(json.dumps(path), json.dumps(str(fixtures.path_for(key))))
+    slug = re.sub(r"[^a-z0-9]+", "-", where.lower())
+    conf = work / f"{slug}.toml"
+    conf.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCICACHE_", "AWS_")) and "PROXY" not in k.upper()}
+    # The pod's literal AWS_* values (region, STS endpoint, ...). Keys from Secrets become dummies,
+    # which also keeps the client away from instance metadata and STS.
+    env.update({k: v for k, v in env_of_pod.items() if k.startswith("AWS_") and isinstance(v, str)})
+    env.update({"AWS_ENDPOINT_URL_S3": endpoint.url, "AWS_ACCESS_KEY_ID": "validate", "AWS_SECRET_ACCESS_KEY": "validate"})
+    env.pop("AWS_ENDPOINT_URL", None)
+    asked = len(endpoint.paths)
+    try:
+        r = subprocess.run(
+            [binary, "--config", str(conf), "--listen", "127.0.0.1", "--port", "0",
+             "--cache-dir", str(work / f"cache-{slug}"), "--shutdown-delay", "0s", "--shutdown-timeout", "2s"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        problem(f"{where}: ocicache with {storage} and an endpoint without buckets was still running after 30s")
+        return True
+    out = r.stdout + r.stderr
+    last = " | ".join(out.strip().splitlines()[-2:]) or "no output"
+    if r.returncode == 0 or f"--storage {storage}: cannot list the bucket" not in out:
+        problem(f"{where}: ocicache should read its ocicache.toml and stop at listing {storage} "
+                f'("--storage {storage}: cannot list the bucket"), but exited {r.returncode}: {last}')
+        return True
+    bucket, _, prefix = storage[len("s3://"):].partition("/")
+    want = f"/{bucket}?"
+    listed = [p for p in endpoint.paths[asked:] if p.startswith(want)]
+    key_prefix = urllib.parse.quote(f"{prefix}/blobs/" if prefix else "blobs/", safe="")
+    if not any(f"prefix={key_prefix}" in p for p in listed):
+        problem(f"{where}: ocicache did not list bucket {bucket!r} under {prefix or '(root)'!r}; it asked for {endpoint.paths[asked:]}")
+    return True
+
+
 def check_http(where: str, cfg: dict, port: int) -> None:
     scheme = "https" if cfg.get("tls_cert") else "http"
     ctx = ssl.create_default_context()
@@ -570,7 +775,8 @@ def main() -> int:
     verbose = args.verbose
     work = Path(args.work)
     versions = args.k8s_versions.split()
-    summary = {"objects": 0, "renderings": 0, "refusals": 0, "configs_started": 0, "versions": versions, "notes": notes}
+    summary = {"objects": 0, "renderings": 0, "refusals": 0, "configs_started": 0, "storage_configs": 0,
+               "versions": versions, "notes": notes}
 
     step("yamllint: plain manifests, Chart.yaml, values.yaml")
     yamllint_texts([(str(p.relative_to(ROOT)), p.read_text()) for p in PLAIN + [CHART / "Chart.yaml", CHART / "values.yaml"]], relaxed=False)
@@ -589,7 +795,7 @@ def main() -> int:
     renderings: dict[str, list[dict]] = {}
     if helm_python is not None:
         step(f"helm {helm_python.helm_sdk_version()}: lint and render the chart")
-        for lint_values in ({}, SCENARIOS["everything"]):
+        for lint_values in ({}, SCENARIOS["everything"], SCENARIOS["s3"]):
             res = helm_python.lint(str(CHART), values=merge(base, lint_values), strict=True, namespace="ocicache")
             for m in res.get("messages", []):
                 if m.get("severity", 0) > 1:  # 1 is INFO ("icon is recommended")
@@ -619,29 +825,41 @@ def main() -> int:
                     summary["refusals"] += 1
 
     step("plain manifests")
-    plain_objs = []
+    plain_sets: dict[str, list[dict]] = {}  # file name -> its objects
     for p in PLAIN:
-        plain_objs += objects_of({p.name: p.read_text()}, str(p.relative_to(ROOT)))
+        plain_sets[p.name] = objects_of({p.name: p.read_text()}, str(p.relative_to(ROOT)))
+        if p.name not in PLAIN_SCENARIOS:
+            problem(f"{p.relative_to(ROOT)}: no chart scenario to compare it with (PLAIN_SCENARIOS in deploy/validate.py)")
 
     step(f"Kubernetes schemas {', '.join(versions)} (strict)")
-    summary["objects"] += check_schemas("plain manifests", plain_objs, versions)
+    for fname, objs in plain_sets.items():
+        summary["objects"] += check_schemas(f"plain manifests {fname}", objs, versions)
     for name, objs in renderings.items():
         summary["objects"] += check_schemas(f"chart [{name}]", objs, versions)
 
     step("wiring, chart vs plain manifests, hosts.toml")
-    configs = []  # (where, cfg, text, http checks)
-    cfg, text, _ = check_wiring("plain manifests", plain_objs)
-    if cfg is not None:
-        configs.append(("plain manifests", cfg, text, True))
+    configs = []  # (where, cfg, text, the cache container's environment)
+    for fname, objs in plain_sets.items():
+        cfg, text, wl = check_wiring(f"plain manifests {fname}", objs)
+        if cfg is not None:
+            configs.append((f"plain manifests {fname}", cfg, text, container_env(wl)))
     for name, objs in renderings.items():
-        cfg, text, _ = check_wiring(f"chart [{name}]", objs)
+        cfg, text, wl = check_wiring(f"chart [{name}]", objs)
         for k, want in EXPECT_TOML.get(name, {}).items():
             if cfg is not None and cfg.get(k) != want:
                 problem(f"chart [{name}]: ocicache.toml {k} = {cfg.get(k)!r}, expected {want!r}")
+        env = container_env(wl)
+        for k, want in EXPECT_ENV.get(name, {}).items():
+            if env.get(k) != want:
+                problem(f"chart [{name}]: the cache container's {k} is {env.get(k)!r}, expected {want!r}")
+        if name in EXPECT_ENV and any(k.startswith("AWS_") and k not in EXPECT_ENV[name] for k in env):
+            problem(f"chart [{name}]: unexpected AWS_* variables {sorted(k for k in env if k not in EXPECT_ENV[name])}")
         if cfg is not None:
-            configs.append((f"chart [{name}]", cfg, text, True))
-    if "plain" in renderings:
-        compare_plain(renderings["plain"], plain_objs)
+            configs.append((f"chart [{name}]", cfg, text, env))
+    for fname, objs in plain_sets.items():
+        scenario = PLAIN_SCENARIOS.get(fname)
+        if scenario in renderings:
+            compare_plain(renderings[scenario], objs, fname)
     if "everything" in renderings:
         # The plain manifests carry the optional Secrets as comments: the same paths as the chart.
         cfg = ocicache_toml_of(renderings["everything"])
@@ -656,18 +874,26 @@ def main() -> int:
     except tomllib.TOMLDecodeError as e:
         problem(f"{HOSTS_TOML.relative_to(ROOT)}: {e}")
         hosts = None
-    hosts_cm = find(plain_objs, "ConfigMap", "ocicache-hosts")
-    plain_hosts = toml_of(hosts_cm, "hosts.toml", "plain manifests")[0] if hosts_cm else None
-    for where, parsed in ((str(HOSTS_TOML.relative_to(ROOT)), hosts), ("plain manifests ocicache-hosts", plain_hosts)):
+    checked = [(str(HOSTS_TOML.relative_to(ROOT)), hosts)]
+    for fname, objs in plain_sets.items():
+        hosts_cm = find(objs, "ConfigMap", "ocicache-hosts")
+        if hosts_cm:
+            checked.append((f"plain manifests {fname} ocicache-hosts", toml_of(hosts_cm, "hosts.toml", f"plain manifests {fname}")[0]))
+    for where, parsed in checked:
         if parsed is not None and parsed != {"host": {mirror: {"capabilities": ["pull", "resolve"]}}}:
             problem(f"{where}: expected one [host.\"{mirror}\"] with capabilities pull, resolve; got {parsed}")
 
     if args.binary:
         step(f"{args.binary}: every ocicache.toml started on 127.0.0.1, probes and auth over HTTP(S)")
         fixtures = Fixtures(work)
-        for where, cfg, text, http_checks in configs:
-            if run_config(args.binary, where, cfg, text, fixtures, work, http_checks):
+        endpoint = NoBucketEndpoint()
+        for where, cfg, text, env in configs:
+            if cfg.get("storage"):
+                if run_storage_config(args.binary, where, cfg, text, env, fixtures, work, endpoint):
+                    summary["storage_configs"] += 1
+            elif run_config(args.binary, where, cfg, text, fixtures, work, True):
                 summary["configs_started"] += 1
+        endpoint.close()
         r = subprocess.run([args.binary, "hosts", "--endpoint", mirror], capture_output=True, text=True, timeout=30)
         try:
             generated = tomllib.loads(r.stdout) if r.returncode == 0 else None

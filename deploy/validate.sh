@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Checks the deployment files offline; deploy/validate.py says what is checked:
-#   yamllint; the helm chart linted and rendered with several sets of values (and refusing the ones
-#   it must refuse, such as s3.enabled); every object against the Kubernetes schemas (strict); the
-#   wiring of Secrets, probes, TLS and shutdown; deploy/kubernetes/ocicache.yaml equal to the chart's
-#   defaults; deploy/containerd/hosts.toml; and, with an ocicache binary at hand, every rendered
-#   ocicache.toml started on 127.0.0.1 (unknown keys and bad values stop ocicache) plus
-#   deploy/grafana/check.sh.
+#   yamllint; the helm chart linted and rendered with several sets of values, object storage among
+#   them (and refusing the ones it must refuse, such as s3.enabled without a bucket); every object
+#   against the Kubernetes schemas (strict); the wiring of Secrets, probes, TLS, shutdown and S3;
+#   deploy/kubernetes/*.yaml equal to their chart renderings; deploy/containerd/hosts.toml; and,
+#   with an ocicache binary at hand, every rendered ocicache.toml started on 127.0.0.1 (unknown keys
+#   and bad values stop ocicache; configs with object storage must get as far as listing their
+#   bucket, at a local endpoint without buckets) plus deploy/grafana/check.sh.
 #
 # Needs python3 (made for 3.11) with venv and pip access to PyPI. The tools are pinned below and
 # installed once into a venv kept in ${XDG_CACHE_HOME:-~/.cache}/ocicache-validate (a fresh machine:
@@ -150,6 +151,7 @@ parts = [
 ]
 if binary:
     parts.append(f"{s['configs_started']} ocicache.toml started by {binary}" + (" (older than src/)" if stale else ""))
+    parts.append(f"{s.get('storage_configs', 0)} with S3 storage read up to the bucket check")
     if grafana:
         parts.append("dashboard metrics exported")
 else:
@@ -163,4 +165,4 @@ if [ "$problems" -gt 0 ]; then
   echo "validate: FAILED: ${problems} problem(s), see above; ${details} ($(took))"
   exit 1
 fi
-echo "validate: OK: ${details}, yamllint clean, plain manifests = chart defaults ($(took))"
+echo "validate: OK: ${details}, yamllint clean, plain manifests = their chart renderings ($(took))"

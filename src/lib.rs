@@ -72,6 +72,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let state = build(&config).await?;
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.listen.to_string());
+    tracing::info!(
+        listen = %bound,
+        cache_dir = %config.cache_dir.display(),
+        storage = config.storage.as_deref().unwrap_or("local disk"),
+        version = env!("CARGO_PKG_VERSION"),
+        "ocicache serving"
+    );
     store::eviction::spawn(state.cache.store().clone(), config.eviction, state.metrics.clone());
     let app = server::router(state.clone());
     let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();

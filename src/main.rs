@@ -35,13 +35,6 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.listen.to_string());
-        tracing::info!(
-            listen = %bound,
-            cache_dir = %config.cache_dir.display(),
-            version = env!("CARGO_PKG_VERSION"),
-            "ocicache serving"
-        );
         ocicache::run(listener, config, shutdown_signal()).await.map_err(anyhow::Error::msg)
     })?;
     tracing::info!("ocicache stopped");

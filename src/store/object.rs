@@ -20,8 +20,9 @@ use tokio::io::AsyncReadExt;
 use super::TagEntry;
 use crate::oci::Digest;
 
-/// Multipart parts of this size stream a blob to the bucket without holding it in memory.
-const PART: usize = 8 * 1024 * 1024;
+/// Multipart parts of this size (S3's minimum) stream a blob to the bucket; with at most two parts
+/// in flight an upload holds about 15 MiB.
+const PART: usize = 5 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("object storage: {0}")]
@@ -122,7 +123,7 @@ impl ObjectTier {
                 if n == 0 {
                     break;
                 }
-                writer.wait_for_capacity(4).await.map_err(err)?;
+                writer.wait_for_capacity(2).await.map_err(err)?;
                 writer.write(&buf[..n]);
             }
             Ok(())

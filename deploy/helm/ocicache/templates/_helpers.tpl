@@ -56,9 +56,56 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "ocicache.fullname" .) .Values.persistence.existingClaim }}
 {{- end }}
 
-{{/* True (non-empty) when the chart makes its own PersistentVolumeClaim. */}}
+{{/* True (non-empty) when the chart makes its own PersistentVolumeClaim (never with s3.enabled). */}}
 {{- define "ocicache.makesClaim" -}}
-{{- if and (eq .Values.persistence.type "pvc") (not .Values.persistence.existingClaim) }}true{{ end }}
+{{- if and (eq .Values.persistence.type "pvc") (not .Values.persistence.existingClaim) (not .Values.s3.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* True (non-empty) when the cache pods mount a PersistentVolumeClaim. */}}
+{{- define "ocicache.usesClaim" -}}
+{{- if and (eq .Values.persistence.type "pvc") (not .Values.s3.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* storage = "s3://<bucket>[/<prefix>]" as rendered into ocicache.toml with s3.enabled. */}}
+{{- define "ocicache.storageUrl" -}}
+{{- $prefix := .Values.s3.prefix | default "" | toString | trim | trimAll "/" }}
+{{- printf "s3://%s" (.Values.s3.bucket | toString | trim) }}{{ if $prefix }}/{{ $prefix }}{{ end }}
+{{- end }}
+
+{{/*
+The cache container's environment: the AWS_* variables of s3.* (with s3.enabled), then extraEnv.
+Empty when there is none.
+*/}}
+{{- define "ocicache.env" -}}
+{{- if .Values.s3.enabled }}
+{{- with .Values.s3.region }}
+- name: AWS_REGION
+  value: {{ . | toString | quote }}
+{{- end }}
+{{- with .Values.s3.endpoint }}
+- name: AWS_ENDPOINT_URL_S3
+  value: {{ . | toString | quote }}
+{{- end }}
+{{- if .Values.s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.s3.existingSecret }}
+      key: {{ .Values.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.s3.existingSecret }}
+      key: {{ .Values.s3.secretAccessKeyKey }}
+{{- end }}
+{{- range $name, $value := .Values.s3.env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* The mirror URL containerd is given in hosts.toml. */}}
@@ -90,13 +137,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 max_size as rendered into ocicache.toml, or nothing for no limit. "auto" is 90% of the chart's claim
-(persistence.size) or of persistence.emptyDir.sizeLimit, written in the same unit (50Gi -> 45GiB).
+(persistence.size) or of persistence.emptyDir.sizeLimit, written in the same unit (50Gi -> 45GiB);
+with s3.enabled a tenth of s3.stagingSizeLimit (20Gi -> 2GiB): the local directory then holds only
+copies of manifests and tags, and the rest of the volume is for fills in flight, which max_size
+does not bound.
 */}}
 {{- define "ocicache.maxSize" -}}
 {{- $v := .Values.maxSize | default "" | toString | trim }}
 {{- if eq $v "auto" }}
 {{- $size := "" }}
-{{- if eq (include "ocicache.makesClaim" .) "true" }}
+{{- $s3 := .Values.s3.enabled }}
+{{- if $s3 }}
+{{- $size = .Values.s3.stagingSizeLimit | default "" | toString }}
+{{- else if eq (include "ocicache.makesClaim" .) "true" }}
 {{- $size = .Values.persistence.size | toString }}
 {{- else if eq .Values.persistence.type "emptyDir" }}
 {{- $size = .Values.persistence.emptyDir.sizeLimit | default "" | toString }}
@@ -107,7 +160,7 @@ max_size as rendered into ocicache.toml, or nothing for no limit. "auto" is 90% 
 {{- end }}
 {{- $num := regexReplaceAll "[A-Za-z]+$" $size "" | float64 }}
 {{- $unit := regexReplaceAll "^[0-9.]+" $size "" }}
-{{- $limit := mulf $num 0.9 }}
+{{- $limit := ternary (divf $num 10) (mulf $num 0.9) $s3 }}
 {{- if eq $limit (floor $limit) }}
 {{- printf "%d%sB" (int64 $limit) $unit }}
 {{- else }}
@@ -164,13 +217,31 @@ written some other way (the binary still checks it at start).
 {{- fail (printf "persistence.type must be pvc, emptyDir or hostPath, not %q" .Values.persistence.type) }}
 {{- end }}
 {{- if .Values.s3.enabled }}
-{{- fail (printf "s3.enabled: object storage (S3) is not supported yet by ocicache %s: it refuses to start with a bucket, and --storage is a later release. Keep s3.enabled=false and use persistence (pvc, hostPath or emptyDir)" .Chart.AppVersion) }}
+{{- $env := .Values.s3.env | default dict }}
+{{- $bucket := .Values.s3.bucket | default "" | toString | trim }}
+{{- if not $bucket }}
+{{- fail "s3.enabled needs s3.bucket: the name of an existing bucket (ocicache lists it at start)" }}
 {{- end }}
-{{- if and (eq .Values.kind "DaemonSet") (eq .Values.persistence.type "pvc") }}
-{{- fail "kind=DaemonSet cannot share one PersistentVolumeClaim between nodes: set persistence.type to hostPath or emptyDir" }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" $bucket) }}
+{{- fail (printf "s3.bucket %q is not a bucket name: give only the name (my-cache), a path inside the bucket as s3.prefix, and another endpoint as s3.endpoint" $bucket) }}
 {{- end }}
-{{- if and (eq .Values.kind "Deployment") (eq .Values.persistence.type "pvc") (gt (int .Values.replicaCount) 1) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
-{{- fail "replicaCount > 1 with one ReadWriteOnce claim: use kind=DaemonSet, persistence.type=emptyDir, or a ReadWriteMany claim" }}
+{{- if and .Values.s3.region (hasKey $env "AWS_REGION") }}
+{{- fail "s3.env.AWS_REGION and s3.region set the same variable: keep s3.region" }}
+{{- end }}
+{{- if and .Values.s3.endpoint (hasKey $env "AWS_ENDPOINT_URL_S3") }}
+{{- fail "s3.env.AWS_ENDPOINT_URL_S3 and s3.endpoint set the same variable: keep s3.endpoint" }}
+{{- end }}
+{{- range $key := list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" }}
+{{- if hasKey $env $key }}
+{{- fail (printf "s3.env.%s: keys do not belong in values; put them in a Secret and set s3.existingSecret" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.kind "DaemonSet") (include "ocicache.usesClaim" .) }}
+{{- fail "kind=DaemonSet cannot share one PersistentVolumeClaim between nodes: set persistence.type to hostPath or emptyDir, or share a bucket with s3.enabled" }}
+{{- end }}
+{{- if and (eq .Values.kind "Deployment") (include "ocicache.usesClaim" .) (gt (int .Values.replicaCount) 1) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
+{{- fail "replicaCount > 1 with one ReadWriteOnce claim: share a bucket with s3.enabled, or use kind=DaemonSet, persistence.type=emptyDir, or a ReadWriteMany claim" }}
 {{- end }}
 {{- if and .Values.hostNetwork (ne .Values.kind "DaemonSet") }}
 {{- fail "hostNetwork is for kind=DaemonSet (one cache per node on localhost)" }}
