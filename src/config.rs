@@ -95,7 +95,7 @@ pub struct Cli {
     #[arg(global = true, short = 'b', long, value_name = "NAME")]
     pub bucket: Option<String>,
 
-    /// Shared object storage for the cache: s3://bucket[/prefix]; --cache-dir then only stages fills
+    /// Shared storage for the cache: s3://bucket[/prefix], gs://, az://, file:///path; --cache-dir then only stages fills
     #[arg(global = true, long, value_name = "URL")]
     pub storage: Option<String>,
 
@@ -370,9 +370,10 @@ impl Config {
             (None, None) => None,
         };
         if let Some(url) = &storage {
-            if !url.starts_with("s3://") {
+            if !["s3://", "gs://", "az://", "azure://", "file:///"].iter().any(|p| url.starts_with(p)) {
                 return Err(invalid(format!(
-                    "--storage {url}: only s3://bucket[/prefix] is supported (local disk is the default)"
+                    "--storage {url}: use s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix] or \
+                     file:///shared/path (local disk is the default)"
                 )));
             }
         }

@@ -117,3 +117,31 @@ fn a_missing_bucket_fails_the_start_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot list the bucket") && err.contains("no-such-bucket"), "{err}");
 }
+
+#[test]
+fn replicas_can_share_a_directory_as_their_store() {
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("a", random_bytes(300_000, 4))]);
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    let shared = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", shared.path().display());
+    let up = format!("one.test={}", upstream.url());
+    let start = |d: &std::path::Path| {
+        CacheProcess::spawn(&["--storage", &storage, "-d", d.to_str().unwrap(), "--upstream", &up])
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r1 = start(d1.path());
+    let out = tempfile::tempdir().unwrap();
+    let src = |port: u16| format!("docker://127.0.0.1:{port}/one.test/test/img:1");
+    assert_success(&skopeo_copy_to_dir(&src(r1.port), out.path(), &[]), "pull via replica 1");
+    let layer = img.layer_digests[0].strip_prefix("sha256:").unwrap().to_owned();
+    poll_until(DEFAULT_TIMEOUT, "the layer in the shared store", || {
+        files_under(&shared.path().join("blobs")).iter().any(|p| p.ends_with(&layer))
+    });
+    let mark = upstream.mark();
+    let r2 = start(d2.path());
+    let out2 = tempfile::tempdir().unwrap();
+    assert_success(&skopeo_copy_to_dir(&src(r2.port), out2.path(), &[]), "pull via replica 2");
+    assert!(upstream.requests_since(mark).is_empty());
+}

@@ -1,4 +1,5 @@
-//! The shared tier in object storage (S3 and S3-compatible servers), for any number of replicas:
+//! The shared tier in object storage (S3 and S3-compatible servers, GCS, Azure Blob, or a shared
+//! directory), for any number of replicas:
 //! blobs, manifests, tag entries and private markers live in the bucket under the same relative keys
 //! as on local disk, so a new replica serves everything the others cached. The local directory stays
 //! the staging area (fills are verified there first) and a small local copy of manifests and tags.
@@ -48,25 +49,50 @@ impl ObjectTier {
     /// Connects to `s3://bucket[/prefix]` and checks, once, that the bucket can be listed: a missing
     /// bucket or bad credentials fail the start with the store's own message.
     pub async fn connect(url: &str) -> Result<ObjectTier, String> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| {
-            format!("--storage {url}: only s3://bucket[/prefix] is supported in this build (local disk is the default)")
-        })?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("--storage {url}: not a URL"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
+        if bucket.is_empty() && scheme != "file" {
             return Err(format!("--storage {url}: no bucket name"));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
-        if let Some(e) = endpoint.filter(|e| !e.is_empty()) {
-            builder = builder.with_allow_http(e.starts_with("http://")).with_endpoint(e);
-        }
-        let store = builder.build().map_err(|e| format!("--storage {url}: {e}"))?;
-        let tier =
-            ObjectTier { store: Arc::new(store), prefix: prefix.trim_matches('/').to_owned(), url: url.to_owned() };
-        tier.store
-            .list_with_delimiter(Some(&tier.key("blobs")))
-            .await
-            .map_err(|e| format!("--storage {url}: cannot list the bucket ({e}); check the bucket name, credentials and AWS_ENDPOINT_URL_S3/AWS_REGION"))?;
+        let built = |e: object_store::Error| format!("--storage {url}: {e}");
+        let (store, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
+            "s3" => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+                if let Some(e) = endpoint.filter(|e| !e.is_empty()) {
+                    builder = builder.with_allow_http(e.starts_with("http://")).with_endpoint(e);
+                }
+                (Arc::new(builder.build().map_err(built)?), prefix)
+            }
+            "gs" => {
+                let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                (Arc::new(builder.build().map_err(built)?), prefix)
+            }
+            "az" | "azure" => {
+                let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket);
+                (Arc::new(builder.build().map_err(built)?), prefix)
+            }
+            // A directory shared by replicas (an NFS mount, say): the whole path is the root.
+            "file" => {
+                let dir = std::path::Path::new(rest);
+                if !dir.is_absolute() {
+                    return Err(format!("--storage {url}: use file:///absolute/path"));
+                }
+                std::fs::create_dir_all(dir).map_err(|e| format!("--storage {url}: {e}"))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(built)?;
+                (Arc::new(local), "")
+            }
+            _ => {
+                return Err(format!("--storage {url}: use s3://, gs://, az:// or file:// (local disk is the default)"))
+            }
+        };
+        let tier = ObjectTier { store, prefix: prefix.trim_matches('/').to_owned(), url: url.to_owned() };
+        tier.store.list_with_delimiter(Some(&tier.key("blobs"))).await.map_err(|e| {
+            format!(
+                "--storage {url}: cannot list the bucket ({e}); check the bucket name, the credentials and the \
+                 endpoint (AWS_ENDPOINT_URL_S3/AWS_REGION for S3, GOOGLE_* for GCS, AZURE_* for Azure)"
+            )
+        })?;
         Ok(tier)
     }
 
