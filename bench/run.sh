@@ -14,6 +14,13 @@
 #   OCICACHE_BIN    binary to benchmark (default target/release/ocicache; built if missing)
 #   BENCH_BUILD=1   run `cargo build --release` even if the binary exists
 #   BENCH_KEEP=1    keep the temp dir (logs, access logs) instead of deleting it
+#   BENCH_S3=1      also measure on object storage (a moto server on 127.0.0.1): ocicache -b BUCKET and the peer
+#                   with its s3 storage driver, next to the disk figures; prints a second table (default 0: off)
+#   BENCH_S3_DURATION  seconds of each manifest-rate run in S3 mode (default 2)
+#   BENCH_S3_WARM_MB   minimum MiB moved by each warm-throughput measurement in S3 mode (default BENCH_WARM_MB)
+#   BENCH_S3_PEER_REDIRECT  1 (default, distribution's own default): the S3 peer answers warm blob GETs with a
+#                   307 to a presigned bucket URL, which the clients follow; 0 sets redirect: {disable: true}
+#   BENCH_MOTO      moto_server to run (default target/moto-venv/bin/moto_server; that venv is created if missing)
 set -euo pipefail
 
 LAYER_MB=${BENCH_LAYER_MB:-200}
@@ -24,6 +31,11 @@ DURATION=${BENCH_DURATION:-5}
 CONNS=${BENCH_CONNS:-32}
 CURL_TIMEOUT=${BENCH_CURL_TIMEOUT:-300} # seconds; a download that hangs longer is reported, not waited for
 HEAD_MAX_N=5000000 # ab stops at -t seconds; this only bounds the count
+S3=${BENCH_S3:-0}
+S3_DURATION=${BENCH_S3_DURATION:-2}
+S3_WARM_MB=${BENCH_S3_WARM_MB:-$WARM_MB}
+S3_PEER_REDIRECT=${BENCH_S3_PEER_REDIRECT:-1}
+RATE_SECS=$DURATION # duration of the manifest-rate runs in progress
 OCI_MT=application/vnd.oci.image.manifest.v1+json
 NS=bench.test      # the registry name ocicache knows the upstream by
 REPO=bench/big     # repository of the big image on the upstream
@@ -42,12 +54,15 @@ for tool in docker-registry skopeo nginx wrk ab curl python3 gzip tar sha256sum;
 done
 [[ $LAYER_MB =~ ^[0-9]+$ && $LAYER_MB -ge 1 ]] || die "BENCH_LAYER_MB must be a positive integer"
 [[ $REPEAT =~ ^[0-9]+$ && $REPEAT -ge 1 ]] || die "REPEAT must be a positive integer"
+[[ $S3 == 0 || $S3 == 1 ]] || die "BENCH_S3 must be 0 or 1"
+MOTO=${BENCH_MOTO:-$ROOT/target/moto-venv/bin/moto_server}
 
 # ---------------------------------------------------------------------------------------------
 # Processes and cleanup
 # ---------------------------------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/ocicache-bench.XXXXXX)
 UP_PID='' OCI_PID='' PEER_PID='' NGX_PID=''
+MOTO_PID='' S3OCI_PID='' S3PEER_PID='' # S3 mode only
 CURL_PIDS=()
 
 stop_pid() { # PID: TERM, up to 5 s, then KILL; reaps it
@@ -70,6 +85,9 @@ cleanup() {
     stop_pid "$OCI_PID"
     stop_pid "$PEER_PID"
     stop_pid "$NGX_PID"
+    stop_pid "$S3OCI_PID"
+    stop_pid "$S3PEER_PID"
+    stop_pid "$MOTO_PID"
     stop_pid "$UP_PID"
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
         log "kept $WORK"
@@ -113,6 +131,17 @@ if [[ ! -x $BIN || ${BENCH_BUILD:-0} == 1 ]]; then
     (cd "$ROOT" && cargo build --release) || die "cargo build --release failed"
 fi
 [[ -x $BIN ]] || die "$BIN missing"
+
+if [[ $S3 == 1 ]]; then
+    "$BIN" --help 2>&1 | grep -q -- '--storage' ||
+        die "$BIN has no --storage (built before object storage?): rebuild with BENCH_BUILD=1"
+    if [[ ! -x $MOTO && -z ${BENCH_MOTO:-} ]]; then
+        log "creating $ROOT/target/moto-venv with moto[server]"
+        { python3 -m venv "$ROOT/target/moto-venv" && "$ROOT/target/moto-venv/bin/pip" install -q 'moto[server]'; } ||
+            die "cannot install moto[server] into $ROOT/target/moto-venv"
+    fi
+    [[ -x $MOTO ]] || die "$MOTO missing (BENCH_MOTO=path/to/moto_server)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 1. Test images (OCI layout) and the upstream registry
@@ -348,18 +377,37 @@ wait_ready "http://127.0.0.1:$NGX_PORT/v2/" "$NGX_PID" "$NGX_DIR/error.log"
 log "nginx on :$NGX_PORT; ocicache will be on :$OCI_PORT, the peer on :$PEER_PORT"
 
 # Per-server URLs. oci = ocicache (path routing), peer = docker-registry proxy, nginx = static files.
+# In S3 mode also s3oci = ocicache on the bucket, s3peer = docker-registry proxy with the s3 driver.
 blob_url() {
-    case $1 in oci) echo "$OCI_BLOB_URL" ;; peer) echo "$PEER_BLOB_URL" ;; nginx) echo "$NGX_BLOB_URL" ;; esac
+    case $1 in
+    oci) echo "$OCI_BLOB_URL" ;; peer) echo "$PEER_BLOB_URL" ;; nginx) echo "$NGX_BLOB_URL" ;;
+    s3oci) echo "http://127.0.0.1:$S3OCI_PORT/v2/$NS/$REPO/blobs/$BLOB_DIGEST" ;;
+    s3peer) echo "http://127.0.0.1:$S3PEER_PORT/v2/$REPO/blobs/$BLOB_DIGEST" ;;
+    esac
 }
 manifest_url() { # SERVER REF
     case $1 in
     oci) echo "http://127.0.0.1:$OCI_PORT/v2/$NS/$REPO/manifests/$2" ;;
     peer) echo "http://127.0.0.1:$PEER_PORT/v2/$REPO/manifests/$2" ;;
     nginx) echo "http://127.0.0.1:$NGX_PORT/v2/$REPO/manifests/$2" ;;
+    s3oci) echo "http://127.0.0.1:$S3OCI_PORT/v2/$NS/$REPO/manifests/$2" ;;
+    s3peer) echo "http://127.0.0.1:$S3PEER_PORT/v2/$REPO/manifests/$2" ;;
     esac
 }
-server_pid() { case $1 in oci) echo "$OCI_PID" ;; peer) echo "$PEER_PID" ;; nginx) echo "$NGX_PID" ;; esac; }
-start_server() { case $1 in oci) start_ocicache ;; peer) start_peer ;; esac; }
+server_pid() {
+    case $1 in
+    oci) echo "$OCI_PID" ;; peer) echo "$PEER_PID" ;; nginx) echo "$NGX_PID" ;;
+    s3oci) echo "$S3OCI_PID" ;; s3peer) echo "$S3PEER_PID" ;;
+    esac
+}
+start_server() {
+    case $1 in oci) start_ocicache ;; peer) start_peer ;; s3oci) start_s3oci ;; s3peer) start_s3peer ;; esac
+}
+# set_follow SERVER: FOLLOW=(extra curl options for its blob GETs); the S3 peer may redirect to the bucket.
+set_follow() {
+    FOLLOW=()
+    if [[ $1 == s3peer ]]; then FOLLOW=(-L); fi
+}
 # Where a server keeps the committed blob; it is there once its upstream download finished.
 stored_blob() {
     case $1 in
@@ -371,6 +419,7 @@ stored_blob() {
 PROBLEMS=() # anything odd, printed at the end
 problem() { PROBLEMS+=("$*"); log "PROBLEM: $*"; }
 NOTES=()
+S3_NOTES=() # S3 mode: per-run details printed below its table
 
 # ---------------------------------------------------------------------------------------------
 # Correctness, once
@@ -419,15 +468,28 @@ rm -rf "$WORK/pulled"
 declare -A RES # RES[key]="value value ..." one value per repetition
 add() { RES[$1]+="$2 "; }
 
-# wait_stored SERVER: until the server has committed the blob (its upstream download is over).
+# stored SERVER: true once the server has committed the blob with its full size (its upstream download is
+# over; on S3, ocicache's background upload too): a file on disk, or the object in the bucket's listing.
+stored() {
+    local f
+    case $1 in
+    oci | peer)
+        f=$(stored_blob "$1")
+        [[ -f $f && $(stat -c %s "$f") == "$BLOB_SIZE" ]]
+        ;;
+    s3oci) s3_has "$S3OCI_BUCKET" "$(stored_key s3oci)" ;;
+    s3peer) s3_has "$S3PEER_BUCKET" "$(stored_key s3peer)" ;;
+    esac
+}
+# wait_stored SERVER: until stored, at most 120 s.
 wait_stored() {
-    local f i
-    f=$(stored_blob "$1")
-    for i in $(seq 1200); do
-        [[ -f $f && $(stat -c %s "$f") == "$BLOB_SIZE" ]] && return 0
+    local deadline=$((SECONDS + 120)) where
+    while ((SECONDS < deadline)); do
+        stored "$1" && return 0
         sleep 0.1
     done
-    problem "$1: blob not committed to its storage 120 s after a cold pull ($f)"
+    case $1 in oci | peer) where=$(stored_blob "$1") ;; *) where="s3://$(server_bucket "$1")/$(stored_key "$1")" ;; esac
+    problem "$1: blob not committed to its storage 120 s after a cold pull ($where)"
 }
 
 # check_results SERVER WHAT LINES FILES...: each curl's output file must hold LINES lines
@@ -447,16 +509,20 @@ check_results() {
 }
 
 # cold SERVER N: restart with empty storage, N clients GET the blob at once.
+# On S3 (s3oci, s3peer) it also records the time until the blob object is in the bucket and the
+# requests to the bucket (a fresh one per cold run).
 cold() {
-    local server=$1 n=$2 i url mark t0 wall gets bytes all
+    local server=$1 n=$2 i url mark smark t0 wall gets bytes all FOLLOW stored_s s3req s3methods
     start_server "$server"
     url=$(blob_url "$server")
+    set_follow "$server"
     mark=$(upstream_mark)
+    [[ $server != s3* ]] || smark=$(s3_mark)
     rm -f "$WORK"/res.*
     CURL_PIDS=()
     t0=$(now_ns)
     for i in $(seq "$n"); do
-        curl -s --max-time "$CURL_TIMEOUT" -o /dev/null -w '%{http_code} %{size_download}\n' "$url" >"$WORK/res.$i" &
+        curl -s "${FOLLOW[@]}" --max-time "$CURL_TIMEOUT" -o /dev/null -w '%{http_code} %{size_download}\n' "$url" >"$WORK/res.$i" &
         CURL_PIDS+=($!)
     done
     for i in "${CURL_PIDS[@]}"; do wait "$i" || true; done
@@ -464,11 +530,19 @@ cold() {
     CURL_PIDS=()
     check_results "$server" "cold pull ($n clients)" 1 "$WORK"/res.*
     wait_stored "$server"
+    stored_s=$(secs_since "$t0")
     read -r gets bytes all < <(upstream_since "$mark")
     add "cold$n.wall.$server" "$wall"
     add "cold$n.gets.$server" "$gets"
     add "cold$n.bytes.$server" "$(awk -v b="$bytes" -v s="$BLOB_SIZE" 'BEGIN{printf "%.2f", b/s}')"
     log "cold $server x$n: ${wall}s, upstream blob GETs $gets, bytes $bytes (all upstream requests: $all)"
+    if [[ $server == s3* ]]; then
+        read -r s3req s3methods < <(s3_since "$smark" "$(server_bucket "$server")")
+        add "cold$n.stored.$server" "$stored_s"
+        add "cold$n.s3req.$server" "$s3req"
+        S3_NOTES+=("cold x$n $server: blob in the bucket after ${stored_s}s; bucket requests $s3req ($s3methods)")
+        log "cold $server x$n: blob in the bucket after ${stored_s}s; bucket requests: $s3req ($s3methods)"
+    fi
 }
 
 # cold_static N: the same N-client download from nginx (the floor for serving the bytes at all).
@@ -488,19 +562,20 @@ cold_static() {
     add "cold$n.wall.nginx" "$wall"
 }
 
-# warm SERVER C: C clients, each one curl process fetching the blob K times over one connection,
-# so that C*K*size >= WARM_MB. Records MiB/s.
+# warm SERVER C [MB]: C clients, each one curl process fetching the blob K times over one connection,
+# so that C*K*size >= MB (default WARM_MB). Records MiB/s.
 warm() {
-    local server=$1 c=$2 url k i t0 secs total args=()
+    local server=$1 c=$2 url k i t0 secs total args=() FOLLOW mb=${3:-$WARM_MB}
     url=$(blob_url "$server")
-    k=$(((WARM_MB * 1048576 + BLOB_SIZE * c - 1) / (BLOB_SIZE * c)))
+    set_follow "$server"
+    k=$(((mb * 1048576 + BLOB_SIZE * c - 1) / (BLOB_SIZE * c)))
     ((k >= 1)) || k=1
     for i in $(seq "$k"); do args+=(-o /dev/null "$url"); done
     rm -f "$WORK"/res.*
     CURL_PIDS=()
     t0=$(now_ns)
     for i in $(seq "$c"); do
-        curl -s --max-time "$CURL_TIMEOUT" -w '%{http_code} %{size_download}\n' "${args[@]}" >"$WORK/res.$i" &
+        curl -s "${FOLLOW[@]}" --max-time "$CURL_TIMEOUT" -w '%{http_code} %{size_download}\n' "${args[@]}" >"$WORK/res.$i" &
         CURL_PIDS+=($!)
     done
     for i in "${CURL_PIDS[@]}"; do wait "$i" || true; done
@@ -515,7 +590,7 @@ warm() {
 rate_get() { # SERVER REF KEY
     local url out rps non2xx
     url=$(manifest_url "$1" "$2")
-    out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" -H "Accept: $OCI_MT" "$url" 2>&1) || true
+    out=$(wrk -t2 -c"$CONNS" -d"${RATE_SECS}s" -H "Accept: $OCI_MT" "$url" 2>&1) || true
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
     if [[ -z $rps ]]; then
@@ -529,7 +604,7 @@ rate_get() { # SERVER REF KEY
 rate_head() { # SERVER REF KEY
     local url out rps failed non2xx
     url=$(manifest_url "$1" "$2")
-    out=$(ab -i -k -q -c "$CONNS" -t "$DURATION" -n "$HEAD_MAX_N" -H "Accept: $OCI_MT" "$url" 2>&1) || true
+    out=$(ab -i -k -q -c "$CONNS" -t "$RATE_SECS" -n "$HEAD_MAX_N" -H "Accept: $OCI_MT" "$url" 2>&1) || true
     rps=$(awk '/^Requests per second:/ { print $4 }' <<<"$out")
     failed=$(awk '/^Failed requests:/ { print $3 }' <<<"$out")
     non2xx=$(awk '/^Non-2xx responses:/ { print $3 }' <<<"$out")
@@ -604,6 +679,230 @@ RES[rss.nginx]=$(awk -v k="$ngx_kb" 'BEGIN{printf "%.1f", k/1024}')
 curl -s --max-time "$CURL_TIMEOUT" "http://127.0.0.1:$OCI_PORT/metrics" >"$WORK/ocicache-metrics.txt" || true
 
 # ---------------------------------------------------------------------------------------------
+# S3 mode (BENCH_S3=1): the same figures for ocicache on a bucket and the peer with the s3 driver
+# ---------------------------------------------------------------------------------------------
+# moto does not check signatures but refuses requests with no Authorization at all (GET, DELETE): any will do.
+S3_AUTH='Authorization: AWS4-HMAC-SHA256 Credential=test/20000101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0'
+s3() { curl -s --max-time "$CURL_TIMEOUT" -H "$S3_AUTH" "$@"; }
+# Our own listings carry bench-poll=1 (ignored by the store) so that s3_since can leave them out.
+s3_list() { # BUCKET [PREFIX] -> "key size" lines
+    s3 "$S3_URL/$1?list-type=2&bench-poll=1&prefix=${2:-}" | python3 -c '
+import html, re, sys
+for c in re.findall(r"<Contents>(.*?)</Contents>", sys.stdin.read(), re.S):
+    k, z = re.search(r"<Key>(.*?)</Key>", c, re.S), re.search(r"<Size>(\d+)</Size>", c)
+    print(html.unescape(k.group(1)), z.group(1) if z else -1)'
+}
+s3_has() { # BUCKET KEY: the object is listed with the blob's size
+    s3_list "$1" "$2" | grep -qxF "$2 $BLOB_SIZE"
+}
+make_bucket() {
+    local code
+    code=$(s3 -o /dev/null -w '%{http_code}' -X PUT "$S3_URL/$1" || true)
+    [[ $code == 200 ]] || die "cannot create bucket $1 on moto (HTTP $code)"
+}
+delete_bucket() { # BUCKET: delete its objects, then the bucket (frees moto's memory and temp files)
+    local b=$1 i k code
+    [[ -n $b ]] || return 0
+    for i in 1 2 3 4 5; do
+        local keys
+        keys=$(s3_list "$b" | cut -d' ' -f1 | python3 -c 'import sys, urllib.parse
+for l in sys.stdin.read().splitlines(): print(urllib.parse.quote(l))')
+        [[ -n $keys ]] || break
+        while read -r k; do s3 -o /dev/null -X DELETE "$S3_URL/$b/$k" || true; done <<<"$keys"
+    done
+    code=$(s3 -o /dev/null -w '%{http_code}' -X DELETE "$S3_URL/$b" || true)
+    [[ $code == 204 ]] || S3_NOTES+=("bucket $b could not be deleted (HTTP $code); left in moto")
+}
+# Requests to one bucket in moto's request log (werkzeug: one line per request, written when the
+# response starts; ANSI colours on non-2xx).
+s3_mark() { wc -l <"$MOTO_LOG"; }
+s3_since() { # MARK BUCKET -> "<requests> <METHOD=n ...>"
+    tail -n "+$(($1 + 1))" "$MOTO_LOG" | sed 's/\x1b\[[0-9;]*m//g' | awk -v b="/$2" '
+        match($0, /"[A-Z]+ [^ ]+ HTTP\//) {
+            split(substr($0, RSTART + 1, RLENGTH - 1), r, " ")
+            p = r[2]
+            if (p != b && index(p, b "/") != 1 && index(p, b "?") != 1) next
+            if (p ~ /bench-poll=1/) next
+            n++; c[r[1]]++
+        }
+        END { printf "%d", n; for (m in c) printf " %s=%d", m, c[m]; printf "\n" }'
+}
+s3_blob_gets() { # MARK BUCKET KEY -> GETs of that object after MARK
+    tail -n "+$(($1 + 1))" "$MOTO_LOG" | sed 's/\x1b\[[0-9;]*m//g' | grep -cF "\"GET /$2/$3" || true
+}
+stored_key() {
+    case $1 in
+    s3oci) echo "blobs/sha256/${BLOB_HEX:0:2}/$BLOB_HEX" ;;
+    s3peer) echo "docker/registry/v2/blobs/sha256/${BLOB_HEX:0:2}/$BLOB_HEX/data" ;;
+    esac
+}
+server_bucket() { case $1 in s3oci) echo "$S3OCI_BUCKET" ;; s3peer) echo "$S3PEER_BUCKET" ;; esac; }
+
+BUCKET_N=0 S3OCI_BUCKET='' S3PEER_BUCKET=''
+start_s3oci() { # fresh bucket and staging dir; the previous instance's bucket is deleted
+    stop_pid "$S3OCI_PID"
+    S3OCI_PID=''
+    delete_bucket "$S3OCI_BUCKET"
+    BUCKET_N=$((BUCKET_N + 1))
+    S3OCI_BUCKET=bench-oci-$BUCKET_N
+    make_bucket "$S3OCI_BUCKET"
+    rm -rf "$S3OCI_DIR"
+    mkdir -p "$S3OCI_DIR"
+    echo "----- start $(date -u +%FT%TZ) bucket $S3OCI_BUCKET" >>"$S3OCI_LOG"
+    NO_COLOR=1 AWS_ENDPOINT_URL_S3=$S3_URL AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
+        "$BIN" --listen 127.0.0.1 --port "$S3OCI_PORT" --cache-dir "$S3OCI_DIR" -b "$S3OCI_BUCKET" \
+        --upstream "$NS=http://127.0.0.1:$UP_PORT" >>"$S3OCI_LOG" 2>&1 &
+    S3OCI_PID=$!
+    wait_ready "http://127.0.0.1:$S3OCI_PORT/v2/" "$S3OCI_PID" "$S3OCI_LOG"
+}
+start_s3peer() {
+    stop_pid "$S3PEER_PID"
+    S3PEER_PID=''
+    delete_bucket "$S3PEER_BUCKET"
+    BUCKET_N=$((BUCKET_N + 1))
+    S3PEER_BUCKET=bench-peer-$BUCKET_N
+    make_bucket "$S3PEER_BUCKET"
+    cat >"$WORK/s3peer.yml" <<EOF
+version: 0.1
+storage:
+  s3: {region: us-east-1, bucket: $S3PEER_BUCKET, regionendpoint: "$S3_URL", accesskey: test, secretkey: test, secure: false, v4auth: true}
+  delete: {enabled: true}
+  cache: {blobdescriptor: inmemory}
+$([[ $S3_PEER_REDIRECT == 1 ]] || echo '  redirect: {disable: true}')
+http: {addr: 127.0.0.1:$S3PEER_PORT}
+proxy: {remoteurl: "http://127.0.0.1:$UP_PORT"}
+EOF
+    echo "----- start $(date -u +%FT%TZ) bucket $S3PEER_BUCKET" >>"$S3PEER_LOG"
+    env -u AWS_CA_BUNDLE docker-registry serve "$WORK/s3peer.yml" >>"$S3PEER_LOG" 2>&1 &
+    S3PEER_PID=$!
+    wait_ready "http://127.0.0.1:$S3PEER_PORT/v2/" "$S3PEER_PID" "$S3PEER_LOG"
+}
+
+# fetch_check SERVER WHAT: one GET of the blob to a file, which must hash to the digest; sets CHECKED.
+fetch_check() {
+    local FOLLOW out sum f=$WORK/through-$1.blob
+    set_follow "$1"
+    out=$(curl -s "${FOLLOW[@]}" --max-time "$CURL_TIMEOUT" -o "$f" -w '%{http_code} %{size_download}' "$(blob_url "$1")" || echo "curl-failed")
+    sum=sha256:$(sha256sum "$f" | cut -d' ' -f1)
+    rm -f "$f"
+    if [[ $out == "200 $BLOB_SIZE" && $sum == "$BLOB_DIGEST" ]]; then
+        CHECKED="OK ($2: 200, $BLOB_SIZE bytes, sha256 matches)"
+    else
+        problem "$1 $2: status/bytes '$out', sha256 $sum, expected $BLOB_DIGEST"
+        CHECKED="FAILED ($2: '$out', sha256 $sum)"
+    fi
+}
+
+if [[ $S3 == 1 ]]; then
+    # The disk instances are done (their figures are taken): stop them so they cost nothing.
+    stop_pid "$OCI_PID"
+    stop_pid "$PEER_PID"
+    OCI_PID='' PEER_PID=''
+    RATE_SECS=$S3_DURATION
+    S3_LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+    MOTO_PORT=$(free_port)
+    S3_URL=http://127.0.0.1:$MOTO_PORT
+    MOTO_LOG=$WORK/moto.log
+    "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
+    MOTO_PID=$!
+    wait_ready "$S3_URL/" "$MOTO_PID" "$MOTO_LOG"
+    S3OCI_PORT=$(free_port)
+    S3OCI_DIR=$WORK/s3oci-staging
+    S3OCI_LOG=$WORK/s3oci.log
+    S3PEER_PORT=$(free_port)
+    S3PEER_LOG=$WORK/s3peer.log
+    log "S3 mode: moto on :$MOTO_PORT, ocicache (-b) on :$S3OCI_PORT, the s3 peer on :$S3PEER_PORT"
+
+    log "S3 a. cold pull, 1 client (x$REPEAT)"
+    for r in $(seq "$REPEAT"); do
+        cold s3oci 1
+        cold s3peer 1
+    done
+    log "S3 b. cold pull, $CLIENTS clients (x$REPEAT)"
+    for r in $(seq "$REPEAT"); do
+        cold s3oci "$CLIENTS"
+        cold s3peer "$CLIENTS"
+    done
+    # Both blobs are in their buckets (cold waited for the objects): from here on they are warm.
+    hwm_note() { # WHEN: peak RSS so far of the current S3 instances, to see which phase sets (e)
+        S3_NOTES+=("peak RSS so far, $1: s3oci $(awk -v k="$(vm_kb "$S3OCI_PID" VmHWM)" 'BEGIN{printf "%.1f", k/1024}') MiB, s3peer $(awk -v k="$(vm_kb "$S3PEER_PID" VmHWM)" 'BEGIN{printf "%.1f", k/1024}') MiB")
+    }
+    hwm_note "after the last cold runs"
+
+    smark=$(s3_mark)
+    fetch_check s3oci "ocicache on S3, warm GET"
+    S3_CORRECT_WARM=$CHECKED
+    n=$(s3_blob_gets "$smark" "$S3OCI_BUCKET" "$(stored_key s3oci)")
+    S3_CORRECT_WARM+="; bucket GETs of the blob object during it: $n"
+    ((n >= 1)) || S3_NOTES+=("ocicache on S3 served a warm GET without reading the bucket (from its staging dir?)")
+    fetch_check s3peer "peer on S3, warm GET$([[ $S3_PEER_REDIRECT == 1 ]] && echo ', redirect followed')"
+    S3_CORRECT_PEER=$CHECKED
+    S3_PEER_ANSWER=$(curl -s --max-time "$CURL_TIMEOUT" -o /dev/null -w '%{http_code} %{redirect_url}' "$(blob_url s3peer)" | cut -c1-140 || true)
+
+    log "S3 c. warm blob throughput (>= $S3_WARM_MB MiB per measurement, x$REPEAT)"
+    for r in $(seq "$REPEAT"); do
+        for s in s3oci s3peer; do
+            smark=$(s3_mark)
+            warm "$s" 1 "$S3_WARM_MB"
+            warm "$s" "$CLIENTS" "$S3_WARM_MB"
+            read -r n m < <(s3_since "$smark" "$(server_bucket "$s")")
+            [[ $r != 1 ]] || S3_NOTES+=("warm 1+$CLIENTS clients $s: bucket requests $n ($m)")
+        done
+    done
+
+    hwm_note "after the warm blob runs"
+    log "S3 d. warm manifest requests/s ($CONNS connections, ${RATE_SECS}s each, x$REPEAT)"
+    for s in s3oci s3peer; do
+        for ref in "$TAG" "$MANIFEST_DIGEST"; do
+            got=$(curl -s --max-time "$CURL_TIMEOUT" -H "Accept: $OCI_MT" "$(manifest_url "$s" "$ref")" | sha256sum | cut -d' ' -f1 || true)
+            [[ sha256:$got == "$MANIFEST_DIGEST" ]] || problem "manifest $ref through $s has digest sha256:$got, expected $MANIFEST_DIGEST"
+            code=$(curl -s --max-time "$CURL_TIMEOUT" -o /dev/null -w '%{http_code}' -I -H "Accept: $OCI_MT" "$(manifest_url "$s" "$ref")" || true)
+            [[ $code == 200 ]] || problem "HEAD $(manifest_url "$s" "$ref") answered $code"
+        done
+    done
+    for r in $(seq "$REPEAT"); do
+        for s in s3oci s3peer; do
+            mark=$(upstream_mark)
+            smark=$(s3_mark)
+            rate_get "$s" "$TAG" get_tag
+            rate_get "$s" "$MANIFEST_DIGEST" get_digest
+            rate_head "$s" "$TAG" head_tag
+            rate_head "$s" "$MANIFEST_DIGEST" head_digest
+            read -r _ _ all < <(upstream_since "$mark")
+            add "man_up.$s" "$all"
+            read -r n m < <(s3_since "$smark" "$(server_bucket "$s")")
+            add "man_s3.$s" "$n"
+            if [[ $r == 1 ]]; then
+                MAN_UP[$s]=$(upstream_methods "$mark")
+                S3_NOTES+=("manifest round $s: upstream ${MAN_UP[$s]:-none}; bucket requests $n ($m)")
+            fi
+        done
+        log "S3 manifest round $r done"
+    done
+
+    log "S3 e. peak RSS"
+    for s in s3oci s3peer; do
+        pid=$(server_pid "$s")
+        RES[rss.$s]=$(awk -v k="$(vm_kb "$pid" VmHWM)" 'BEGIN{printf "%.1f", k/1024}')
+        RES[rss_now.$s]=$(awk -v k="$(vm_kb "$pid" VmRSS)" 'BEGIN{printf "%.1f", k/1024}')
+    done
+    MOTO_RSS=$(awk -v k="$(vm_kb "$MOTO_PID" VmHWM)" 'BEGIN{printf "%.1f", k/1024}')
+    curl -s --max-time "$CURL_TIMEOUT" "http://127.0.0.1:$S3OCI_PORT/metrics" >"$WORK/s3oci-metrics.txt" || true
+
+    log "S3 correctness: skopeo through ocicache on S3"
+    mark=$(upstream_mark)
+    t0=$(now_ns)
+    if skopeo --policy "$WORK/policy.json" copy -q --src-tls-verify=false \
+        "docker://127.0.0.1:$S3OCI_PORT/$NS/bench/small:$TAG" "oci:$WORK/pulled-s3:small" >"$WORK/skopeo-pull-s3.log" 2>&1; then
+        S3_CORRECT_SKOPEO="OK (skopeo copy of the 3-layer image through ocicache on S3, digests verified, $(secs_since "$t0") s)"
+    else
+        S3_CORRECT_SKOPEO="FAILED: $(tail -n 3 "$WORK/skopeo-pull-s3.log" | tr '\n' ' ')"
+        problem "skopeo pull of bench/small:$TAG through ocicache on S3 failed: $(tail -n 3 "$WORK/skopeo-pull-s3.log" | tr '\n' ' ')"
+    fi
+    rm -rf "$WORK/pulled-s3"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 median() { # values... -> median ("-" when none)
@@ -633,6 +932,85 @@ verdict() { # EXPR over o,p,n medians of KEY -> met / MISSED
     p=$(med "$1.peer")
     n=$(med "$1.nginx")
     awk -v o="$o" -v p="$p" -v n="$n" "BEGIN { if ($2) print \"met\"; else print \"MISSED\" }"
+}
+
+# S3 table: row_s3 LABEL KEY DECIMALS NOTE -> ocicache on S3, on disk, peer on S3, on disk, and the ratios
+# oci-s3/oci-disk and oci-s3/peer-s3. The disk figures are those of the first table.
+row_s3() {
+    local so o sp p
+    so=$(med "$2.s3oci")
+    o=$(med "$2.oci")
+    sp=$(med "$2.s3peer")
+    p=$(med "$2.peer")
+    printf '%-46s %9s %9s %9s %9s %8s %8s  %s\n' "$1" "$(fmt "$so" "$3")" "$(fmt "$o" "$3")" "$(fmt "$sp" "$3")" \
+        "$(fmt "$p" "$3")" "$(ratio "$so" "$o")" "$(ratio "$so" "$sp")" "$4"
+}
+s3_verdict() { # KEY EXPR over o = median for ocicache on S3 -> met / MISSED
+    awk -v o="$(med "$1.s3oci")" "BEGIN { if ($2) print \"met\"; else print \"MISSED\" }"
+}
+report_s3() {
+    local moto_v k warns perr
+    moto_v=$("$(dirname "$MOTO")/python" -c 'import moto; print(moto.__version__)' 2>/dev/null || echo '?')
+    echo
+    echo "S3 mode — the same blob. oci-s3 = ocicache -b BUCKET (--cache-dir only stages fills); peer-s3 = docker-registry"
+    echo "proxy with the s3 driver ($([[ $S3_PEER_REDIRECT == 1 ]] && echo 'default redirect on: warm blob GETs get a 307 to a presigned bucket URL, which the clients follow' || echo 'redirect: {disable: true}: it streams blobs itself'));"
+    echo "both on moto $moto_v (127.0.0.1:$MOTO_PORT), a fresh bucket per server and cold run. The disk columns repeat the"
+    echo "first table (manifest runs there ${DURATION}s, here ${S3_DURATION}s; warm runs >= $WARM_MB MiB there, >= $S3_WARM_MB MiB here)."
+    echo
+    printf '%-46s %9s %9s %9s %9s %8s %8s  %s\n' "figure" "oci-s3" "oci-disk" "peer-s3" "peer-disk" "s3/disk" "oci/peer" "note"
+    printf '%.0s-' $(seq 130)
+    echo
+    row_s3 "a. cold pull 1 client, wall s (lower=better)" cold1.wall 2 "s3/disk = oci-s3/oci-disk; oci/peer = oci-s3/peer-s3"
+    row_s3 "a.   blob object in the bucket after, s" cold1.stored 2 "since the pull started"
+    row_s3 "a.   upstream GETs of the blob" cold1.gets 0 ""
+    row_s3 "a.   upstream bytes (x blob size)" cold1.bytes 2 ""
+    row_s3 "a.   requests to its bucket" cold1.s3req 0 "incl. the server's start"
+    row_s3 "b. cold pull $CLIENTS clients, wall s (lower=better)" "cold$CLIENTS.wall" 2 ""
+    row_s3 "b.   blob object in the bucket after, s" "cold$CLIENTS.stored" 2 ""
+    row_s3 "b.   upstream GETs of the blob" "cold$CLIENTS.gets" 0 "ocicache == 1: $(s3_verdict "cold$CLIENTS.gets" 'o == 1')"
+    row_s3 "b.   upstream bytes (x blob size)" "cold$CLIENTS.bytes" 2 "ocicache == 1.00x: $(s3_verdict "cold$CLIENTS.bytes" 'o == 1')"
+    row_s3 "b.   requests to its bucket" "cold$CLIENTS.s3req" 0 ""
+    row_s3 "c. warm blob 1 client, MiB/s (higher=better)" warm1 0 ""
+    row_s3 "c. warm blob $CLIENTS clients, MiB/s (higher=better)" "warm$CLIENTS" 0 ""
+    row_s3 "d. manifest GET by tag, req/s (higher=better)" get_tag 0 ""
+    row_s3 "d. manifest GET by digest, req/s" get_digest 0 ""
+    row_s3 "d. manifest HEAD by tag, req/s" head_tag 0 ""
+    row_s3 "d. manifest HEAD by digest, req/s" head_digest 0 ""
+    row_s3 "d.   upstream requests during one round" man_up 0 "(4 runs of ${S3_DURATION}s; disk: ${DURATION}s)"
+    row_s3 "d.   requests to its bucket during one round" man_s3 0 ""
+    row_s3 "e. peak RSS (VmHWM) MiB (lower=better)" rss 1 "moto itself: $MOTO_RSS MiB"
+    echo
+    echo "Current RSS at the end: ocicache on S3 ${RES[rss_now.s3oci]:-?} MiB, peer on S3 ${RES[rss_now.s3peer]:-?} MiB."
+    echo "Load average (1/5/15 min) when the S3 part started: $S3_LOAD_START"
+    echo "The S3 peer answers a GET of the cached blob (not following) with: ${S3_PEER_ANSWER:-?}"
+    echo
+    echo "Every repetition, S3 (in run order):"
+    for k in $(printf '%s\n' "${!RES[@]}" | grep -E '\.s3(oci|peer)$' | sort); do
+        printf '  %-22s %s\n' "$k" "${RES[$k]}"
+    done
+    echo
+    echo "S3 details (requests to the bucket exclude the script's own listings):"
+    printf '  %s\n' "${S3_NOTES[@]}"
+    echo
+    echo "Correctness, S3:"
+    echo "  $S3_CORRECT_WARM"
+    echo "  $S3_CORRECT_PEER"
+    echo "  $S3_CORRECT_SKOPEO"
+    echo
+    echo "ocicache on S3, metrics at the end (last instance):"
+    grep -E '^(ocicache_upstream_bytes|ocicache_cache_served_bytes|ocicache_download_resumes|ocicache_inflight_downloads|ocicache_object)' \
+        "$WORK/s3oci-metrics.txt" | sed 's/^/  /' || echo "  (none)"
+    grep -E '^ocicache_http_requests_total' "$WORK/s3oci-metrics.txt" | grep -v 'status="200"' | sed 's/^/  non-200: /' || true
+    warns=$(grep -cE '\b(WARN|ERROR)\b' "$S3OCI_LOG" || true)
+    echo "ocicache on S3 log: $warns WARN/ERROR lines over all instances"
+    grep -E '\b(WARN|ERROR)\b' "$S3OCI_LOG" | head -n 5 | cut -c1-300 | sed 's/^/  /' || true
+    perr=$(grep -cE 'level=(error|panic|fatal)' "$S3PEER_LOG" || true)
+    echo "peer on S3 log: $perr level=error lines"
+    grep -E 'level=(error|panic|fatal)' "$S3PEER_LOG" | head -n 3 | cut -c1-300 | sed 's/^/  /' || true
+    echo "moto: $(sed 's/\x1b\[[0-9;]*m//g' "$MOTO_LOG" | grep -cE '^127\.0\.0\.1 .*" 5[0-9][0-9] ' || true) responses 5xx"
+    sed 's/\x1b\[[0-9;]*m//g' "$MOTO_LOG" | grep -E '^127\.0\.0\.1 .*" 5[0-9][0-9] ' | head -n 3 | cut -c1-200 | sed 's/^/  /' || true
+    sed 's/\x1b\[[0-9;]*m//g' "$MOTO_LOG" | awk '/^Traceback/ { t = 1 } t && /^[A-Za-z_.]*(Error|Exception)[A-Za-z]*:/ { print; t = 0 }' |
+        sort | uniq -c | head -n 3 | sed 's/^ */  exception x/' || true
 }
 
 blob_mib=$(awk -v s="$BLOB_SIZE" 'BEGIN{printf "%.1f", s/1048576}')
@@ -665,7 +1043,7 @@ blob_mib=$(awk -v s="$BLOB_SIZE" 'BEGIN{printf "%.1f", s/1048576}')
     echo "nginx RSS is the sum over its master and worker processes. Current RSS at the end: ocicache ${RES[rss_now.oci]} MiB, peer ${RES[rss_now.peer]} MiB."
     echo
     echo "Every repetition (in run order):"
-    for k in $(printf '%s\n' "${!RES[@]}" | sort); do
+    for k in $(printf '%s\n' "${!RES[@]}" | grep -Ev '\.s3(oci|peer)$' | sort); do
         printf '  %-22s %s\n' "$k" "${RES[$k]}"
     done
     echo
@@ -688,6 +1066,7 @@ blob_mib=$(awk -v s="$BLOB_SIZE" 'BEGIN{printf "%.1f", s/1048576}')
     perr=$(grep -cE 'level=(error|panic|fatal)' "$PEER_LOG" || true)
     echo "peer log: $perr level=error lines"
     grep -E 'level=(error|panic|fatal)' "$PEER_LOG" | head -n 3 | cut -c1-300 | sed 's/^/  /' || true
+    if [[ $S3 == 1 ]]; then report_s3; fi
     echo
     if ((${#PROBLEMS[@]})); then
         echo "PROBLEMS (${#PROBLEMS[@]}):"

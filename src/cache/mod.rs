@@ -34,8 +34,17 @@ use access::{AccessCache, AccessKey};
 /// Identifies one manifest request upstream: (registry/repository, reference, accepted media types).
 type ManifestKey = (String, String, String);
 
+/// How long a private-marker lookup in the shared tier is reused: markers change rarely, and a
+/// lookup per manifest request would cost a bucket round trip each.
+const REMOTE_MARK_TTL: Duration = Duration::from_secs(30);
+
+/// (content kind, digest) -> (private, when the tier said so).
+type RemoteMarks = std::collections::HashMap<(&'static str, Digest), (bool, tokio::time::Instant)>;
+
 pub struct Cache {
     access: AccessCache,
+    /// Recent answers of the shared tier to "is this private?", per (kind, digest).
+    remote_marks: std::sync::Mutex<RemoteMarks>,
     store: FsStore,
     origin: Arc<OriginClient>,
     flights: Arc<Flights>,
@@ -56,6 +65,7 @@ impl Cache {
         let flights = Flights::new(store.clone(), metrics.clone(), max_downloads);
         Cache {
             access: AccessCache::new(auth_cache_ttl),
+            remote_marks: Default::default(),
             store,
             origin: Arc::new(origin),
             flights,
@@ -136,14 +146,29 @@ impl Cache {
         if self.store.is_private(kind, d) {
             return true;
         }
-        match self.store.remote() {
-            Some(r) => r.is_private(kind.dir(), d).await.unwrap_or(true),
-            None => false,
+        let Some(remote) = self.store.remote() else { return false };
+        let key = (kind.dir(), d.clone());
+        if let Some((private, at)) = self.remote_marks.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if at.elapsed() < REMOTE_MARK_TTL {
+                return *private;
+            }
+        }
+        match remote.is_private(kind.dir(), d).await {
+            Ok(private) => {
+                let mut marks = self.remote_marks.lock().unwrap_or_else(|p| p.into_inner());
+                if marks.len() > 100_000 {
+                    marks.clear();
+                }
+                marks.insert(key, (private, tokio::time::Instant::now()));
+                private
+            }
+            Err(_) => true,
         }
     }
 
     /// Marks content private or public in every tier.
     pub(crate) async fn mark(&self, kind: ContentKind, d: &Digest, private: bool) -> Result<(), Error> {
+        self.remote_marks.lock().unwrap_or_else(|p| p.into_inner()).remove(&(kind.dir(), d.clone()));
         if private {
             self.store.mark_private(kind, d)?;
         } else {
