@@ -75,14 +75,22 @@ fn previously_pulled_tags_keep_pulling_through_skopeo_and_containerd_when_the_or
         .success());
 }
 
-#[test]
-fn rate_limited_origin_is_not_asked_again_before_retry_after_and_stale_is_served() {
+const MANIFEST: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+
+/// A fake origin serving tag 1.0, already pulled once through a cache that revalidates every time.
+fn origin_with_a_cached_tag() -> (FakeOrigin, Cache) {
     let origin = FakeOrigin::start();
-    let manifest =
-        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
-    origin.add_manifest("1.0", manifest, ACCEPT_OCI, Fault::None);
+    origin.add_manifest("1.0", MANIFEST, ACCEPT_OCI, Fault::None);
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url()), "--tag-ttl", "0"]);
     assert_eq!(get_manifest(&cache, "/v2/fake.test/app/manifests/1.0").status, 200);
+    (origin, cache)
+}
+
+#[test]
+fn rate_limited_origin_is_not_asked_again_before_retry_after_and_stale_is_served() {
+    let (origin, cache) = origin_with_a_cached_tag();
+    let manifest = MANIFEST;
     assert_eq!(cache.metric("ocicache_upstream_ratelimit_remaining{registry=\"fake.test\"}"), 76.0);
 
     // Fault: the origin now answers 429 with Retry-After.
@@ -108,16 +116,12 @@ fn rate_limited_origin_is_not_asked_again_before_retry_after_and_stale_is_served
 
 #[test]
 fn an_origin_answering_503_is_served_stale_and_its_error_passed_on_otherwise() {
-    let origin = FakeOrigin::start();
-    let manifest =
-        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
-    origin.add_manifest("1.0", manifest, ACCEPT_OCI, Fault::None);
-    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url()), "--tag-ttl", "0"]);
-    assert_eq!(get_manifest(&cache, "/v2/fake.test/app/manifests/1.0").status, 200);
+    let (origin, cache) = origin_with_a_cached_tag();
+    let manifest = MANIFEST;
     // Fault: the origin fails with 503.
     origin.add_manifest("1.0", manifest, ACCEPT_OCI, Fault::Status(503, vec![]));
     let r = get_manifest(&cache, "/v2/fake.test/app/manifests/1.0");
-    assert_eq!((r.status, r.body.as_slice()), (200, &manifest[..]));
+    assert_eq!((r.status, r.body.as_slice()), (200, manifest));
     assert!(r.header("warning").is_some());
     let never = get_manifest(&cache, "/v2/fake.test/app/manifests/9.9");
     assert_eq!(never.status, 502, "circuit open after the 503: a fast failure, not a new dial");
