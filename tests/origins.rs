@@ -67,6 +67,20 @@ fn a_credential_helper_supplies_credentials_once_per_ttl() {
     assert_eq!(calls_made.lines().count(), 1, "helper called per request: {calls_made:?}");
     assert_eq!(calls_made.trim(), "auth.test");
 
+    // The helper is asked again as its answers age (--credential-ttl), and no request fails meanwhile.
+    let short = spawn_with_path(
+        dir.path(),
+        &["-c", config.to_str().unwrap(), "-d", dir.path().join("cache2").to_str().unwrap(), "--credential-ttl", "1s"],
+    );
+    let short_addr = format!("127.0.0.1:{}", short.port);
+    let before = std::fs::read_to_string(&calls).unwrap().lines().count();
+    poll_until(DEFAULT_TIMEOUT, "the helper to be asked again", || {
+        // Tag lists always go to the origin, so each needs credentials.
+        let r = http_request(&short_addr, "GET", "/v2/auth.test/priv/img/tags/list", &[]);
+        assert_eq!(r.status, 200, "a request failed while credentials were refreshed");
+        std::fs::read_to_string(&calls).unwrap().lines().count() >= before + 2
+    });
+
     let r = http_request(&addr, "GET", "/v2/broken.test/priv/img/manifests/1", &[("Accept", ACCEPT_OCI)]);
     assert_eq!(r.status, 401);
     let msg = String::from_utf8_lossy(&r.body);

@@ -74,7 +74,7 @@ pub struct OriginClient {
     health: OriginHealth,
     metrics: Arc<Metrics>,
     registries: Registries,
-    creds: CredentialSources,
+    creds: Arc<CredentialSources>,
     /// Clients for origins with their own TLS settings (CA, mTLS, insecure); others use `http`.
     tls_clients: BTreeMap<RegistryName, reqwest::Client>,
     tokens: TokenCache,
@@ -118,7 +118,7 @@ impl OriginClient {
             options,
             metrics,
             registries,
-            creds,
+            creds: Arc::new(creds),
             tokens: TokenCache::default(),
             basic_endpoints: Mutex::default(),
         })

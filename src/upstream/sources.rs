@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -163,7 +163,11 @@ pub struct CredentialSources {
     docker: Option<Reloading<DockerConfig>>,
     helper_ttl: Duration,
     helper_cache: Mutex<HashMap<(String, String), (Sourced, Instant)>>,
+    refreshes: Mutex<std::collections::HashSet<(String, String)>>,
 }
+
+/// Helper answers are refreshed in the background once this fraction of `credential_ttl` has passed.
+const REFRESH_AT: f32 = 0.8;
 
 /// How long a helper may take.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,6 +189,7 @@ impl CredentialSources {
                 .transpose()?,
             helper_ttl,
             helper_cache: Mutex::default(),
+            refreshes: Mutex::default(),
         })
     }
 
@@ -201,7 +206,11 @@ impl CredentialSources {
     }
 
     /// The operator's credential for this repository, if any source has one.
-    pub async fn lookup(&self, registry: &RegistryName, repo: &Repository) -> Result<Option<Sourced>, SourceError> {
+    pub async fn lookup(
+        self: &Arc<Self>,
+        registry: &RegistryName,
+        repo: &Repository,
+    ) -> Result<Option<Sourced>, SourceError> {
         if let Some((_, helper)) = self.helpers.iter().find(|(r, _)| r == registry) {
             return self.ask_helper(helper, registry).await.map(Some);
         }
@@ -229,13 +238,41 @@ impl CredentialSources {
         cache.remove(&(helper.to_owned(), registry.to_string()));
     }
 
-    async fn ask_helper(&self, helper: &str, registry: &RegistryName) -> Result<Sourced, SourceError> {
+    async fn ask_helper(self: &Arc<Self>, helper: &str, registry: &RegistryName) -> Result<Sourced, SourceError> {
         let key = (helper.to_owned(), registry.to_string());
-        if let Some((s, at)) = self.helper_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        let cached = self.helper_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some((s, at)) = cached {
             if at.elapsed() < self.helper_ttl {
-                return Ok(s.clone());
+                // Past most of its life: refresh in the background, so no request waits for the helper
+                // and the credential never lapses while in use.
+                if at.elapsed() >= self.helper_ttl.mul_f32(REFRESH_AT) && self.refreshing(&key, true) {
+                    let (this, helper, registry) = (self.clone(), helper.to_owned(), registry.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = this.run_helper(&helper, &registry).await {
+                            tracing::warn!(%registry, error = %e, "refreshing credentials failed; the current ones stay until they expire");
+                        }
+                        this.refreshing(&(helper, registry.to_string()), false);
+                    });
+                }
+                return Ok(s);
             }
         }
+        self.run_helper(helper, registry).await
+    }
+
+    /// Marks a refresh as running (returns false if one already was) or as finished.
+    fn refreshing(&self, key: &(String, String), start: bool) -> bool {
+        let mut set = self.refreshes.lock().unwrap_or_else(|p| p.into_inner());
+        if start {
+            set.insert(key.clone())
+        } else {
+            set.remove(key)
+        }
+    }
+
+    /// Runs the helper and caches its answer.
+    async fn run_helper(&self, helper: &str, registry: &RegistryName) -> Result<Sourced, SourceError> {
+        let key = (helper.to_owned(), registry.to_string());
         let program = if helper.contains('/') { helper.to_owned() } else { format!("docker-credential-{helper}") };
         let source = format!("credential helper {program}");
         let fail = |reason: String| SourceError { from: source.clone(), reason };

@@ -124,6 +124,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub struct CacheProcess {
     pub child: Child,
     pub port: u16,
+    /// Its stderr (logs) go to a file: an undrained pipe would fill up and block the server.
+    pub log: tempfile::NamedTempFile,
 }
 
 pub fn ocicache_bin() -> Command {
@@ -138,16 +140,24 @@ impl CacheProcess {
     /// Like `spawn`, with extra environment variables (e.g. a PATH with test credential helpers).
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> CacheProcess {
         let port = super::free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let child = ocicache_bin()
             .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log.reopen().expect("log file"))
             .spawn()
             .expect("spawn ocicache");
         super::wait_for_port(port);
-        CacheProcess { child, port }
+        CacheProcess { child, port, log }
+    }
+}
+
+impl CacheProcess {
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 }
 
