@@ -234,3 +234,20 @@ async fn sigterm_during_a_pull_finishes_it_exits_zero_and_leaves_nothing_partial
     assert!(files_under(&cache_dir.path().join("tmp")).is_empty(), "partial files left");
     assert_eq!(stored_hexes(cache_dir.path()), vec![hex(&digest)]);
 }
+
+#[test]
+fn a_blob_larger_than_the_disk_is_still_served_from_the_origin_and_not_stored() {
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let big = one_layer_image(dir.path(), "big", 3_500_000, 62);
+    push(&big.layout, "big", &format!("{}/test/big:1", upstream.addr()), Format::Oci, None);
+    let disk = SmallDisk::mount(2_000_000);
+    let cd = disk.0.path().join("cache");
+    let c = Cache::start_in(&cd, &["--upstream", &format!("one.test={}", upstream.url())]);
+    let d = tempfile::tempdir().unwrap();
+    let out = skopeo_copy_to_dir(&format!("docker://{}/one.test/test/big:1", c.addr()), d.path(), &[]);
+    assert_success(&out, "pull of a blob that cannot fit on the cache's disk");
+    assert_eq!(std::fs::read(d.path().join(hex(&big.layer_digests[0]))).unwrap(), big.layer_blobs[0]);
+    assert!(!stored_hexes(&cd).contains(&hex(&big.layer_digests[0])), "a blob that did not fit was stored");
+    assert!(files_under(&cd.join("tmp")).is_empty());
+}

@@ -193,7 +193,7 @@ fn header_u64(v: Option<&HeaderValue>) -> Option<u64> {
 /// Opens the origin's blob body at an offset; offsets after the first use a Range request, and the
 /// origin must answer 206 from exactly that byte.
 fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, identity: Identity) -> Opener {
-    Box::new(move |offset| {
+    Arc::new(move |offset| {
         let (origin, target, digest, identity) = (origin.clone(), target.clone(), digest.clone(), identity.clone());
         async move {
             let req = OriginRequest {

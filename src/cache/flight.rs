@@ -39,7 +39,7 @@ pub struct BlobSource {
 }
 
 /// Opens the origin's body at a byte offset (0 first; later offsets to resume after a drop).
-pub type Opener = Box<dyn Fn(u64) -> BoxFuture<'static, Result<BlobSource, Error>> + Send + Sync>;
+pub type Opener = Arc<dyn Fn(u64) -> BoxFuture<'static, Result<BlobSource, Error>> + Send + Sync>;
 
 #[derive(Clone)]
 enum Progress {
@@ -52,6 +52,10 @@ enum Progress {
 /// A download in progress, readable while it grows.
 pub struct Flight {
     digest: Digest,
+    /// The origin, for readers that must continue without the local file (disk full).
+    opener: Opener,
+    /// The blob's length once the origin announced it.
+    total: std::sync::OnceLock<u64>,
     /// Commits as private content: readers other than the one that started it prove access first.
     private: bool,
     file: Arc<File>,
@@ -153,7 +157,15 @@ impl Flights {
         let reader = temp.file.try_clone()?;
         let (tx, rx) = watch::channel(Progress::Connecting);
         let private = !matches!(commit, Commit::Shared { private: false });
-        let flight = Arc::new(Flight { digest: digest.clone(), private, file: Arc::new(reader), progress: rx });
+        let flight = Arc::new(Flight {
+            digest: digest.clone(),
+            opener: opener.clone(),
+            total: std::sync::OnceLock::new(),
+            private,
+            file: Arc::new(reader),
+            progress: rx,
+        });
+        let announced = flight.clone();
         let flights = self.clone();
         let digest = digest.clone();
         let origin = origin.to_owned();
@@ -161,7 +173,8 @@ impl Flights {
         tokio::spawn(async move {
             let _permit = flights.downloads.clone().acquire_owned().await;
             flights.metrics.inflight_downloads.inc();
-            let result = download(&flights.store, &origin, &digest, opener, temp.file, &tx, &flights.metrics).await;
+            let result = download(&flights.store, &origin, &announced, opener, temp.file, &tx, &flights.metrics).await;
+            drop(announced);
             match result {
                 Ok((total, file)) => {
                     // The bytes are verified: readers may finish now, while the file is made durable
@@ -265,14 +278,18 @@ const DISK_FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 async fn download(
     store: &FsStore,
     origin: &str,
-    digest: &Digest,
+    flight: &Flight,
     opener: Opener,
     file: File,
     tx: &watch::Sender<Progress>,
     metrics: &Metrics,
 ) -> Result<(u64, File), Error> {
+    let digest = &flight.digest;
     let mut source = opener(0).await?;
     let total = source.total;
+    if let Some(t) = total {
+        let _ = flight.total.set(t);
+    }
     tx.send_replace(Progress::Receiving { written: 0, total });
     let mut hasher = DigestHasher::new(digest.algorithm());
     let mut written: u64 = 0;
@@ -379,15 +396,38 @@ impl Flight {
         start: u64,
         end: Option<u64>,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let state = (self.clone(), self.progress.clone(), start);
+        let state = ReadState::File(self.clone(), self.progress.clone(), start);
         futures_util::stream::unfold(Some(state), move |state| async move {
-            let (flight, mut rx, pos) = state?;
+            let (flight, mut rx, pos) = match state? {
+                ReadState::File(flight, rx, pos) => (flight, rx, pos),
+                ReadState::Relay(mut relay) => {
+                    return relay.next().await.map(|item| {
+                        let more = item.is_ok();
+                        (item, more.then_some(ReadState::Relay(relay)))
+                    });
+                }
+            };
             loop {
-                let (avail, complete) = match &*rx.borrow_and_update() {
+                let progress = rx.borrow_and_update().clone();
+                let (avail, complete) = match &progress {
                     Progress::Connecting => (0, false),
                     Progress::Receiving { written, .. } => (*written, false),
                     Progress::Complete { total } => (*total, true),
-                    Progress::Failed(e) => return Some((Err(io::Error::other(e.to_string())), None)),
+                    Progress::Failed(e) => {
+                        // The disk filled up under the download: a client reading the whole blob is
+                        // carried on from the origin (verified) rather than cut off.
+                        let whole = start == 0 && end.is_some() && end == flight.total.get().copied();
+                        if whole && is_disk_full(e) {
+                            return match relay(flight.clone(), pos).await {
+                                Ok(mut relay) => relay.next().await.map(|item| {
+                                    let more = item.is_ok();
+                                    (item, more.then_some(ReadState::Relay(relay)))
+                                }),
+                                Err(e) => Some((Err(e), None)),
+                            };
+                        }
+                        return Some((Err(io::Error::other(e.to_string())), None));
+                    }
                 };
                 let stop = match end {
                     Some(e) => e,
@@ -414,7 +454,7 @@ impl Flight {
                         Err(e) => return Some((Err(io::Error::other(e)), None)),
                     };
                     let next = pos + bytes.len() as u64;
-                    return Some((Ok(bytes), Some((flight, rx, next))));
+                    return Some((Ok(bytes), Some(ReadState::File(flight, rx, next))));
                 }
                 if rx.changed().await.is_err() {
                     return Some((Err(io::Error::other("download ended without a result")), None));
@@ -422,6 +462,81 @@ impl Flight {
             }
         })
     }
+}
+
+/// Where a reader gets its bytes: the flight's file, or (after the disk filled up) the origin.
+enum ReadState {
+    File(Arc<Flight>, watch::Receiver<Progress>, u64),
+    Relay(BoxStream<'static, io::Result<Bytes>>),
+}
+
+fn is_disk_full(e: &Error) -> bool {
+    matches!(e.inner(), Error::Store(io) if io.kind() == io::ErrorKind::StorageFull)
+}
+
+/// Continues a reader at `pos` straight from the origin. The bytes it already sent are hashed from
+/// the (unlinked, still open) file, the rest as they pass; the final byte is sent only if the whole
+/// blob matches its digest, as for every other response.
+async fn relay(flight: Arc<Flight>, pos: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+    let total = flight.total.get().copied().ok_or_else(|| io::Error::other("blob length unknown"))?;
+    let mut hasher = DigestHasher::new(flight.digest.algorithm());
+    let mut off = 0;
+    while off < pos {
+        let n = (pos - off).min(READ_CHUNK as u64) as usize;
+        let file = flight.file.clone();
+        let bytes =
+            tokio::task::spawn_blocking(move || read_exact_at(&file, off, n)).await.map_err(io::Error::other)??;
+        hasher.update(&bytes);
+        off += n as u64;
+    }
+    let source = (flight.opener)(pos).await.map_err(|e| io::Error::other(e.to_string()))?;
+    if source.total.is_some_and(|t| t != total) && pos == 0 {
+        return Err(io::Error::other("blob length changed"));
+    }
+    tracing::warn!(digest = %flight.digest, offset = pos, "disk full: serving the rest of the blob straight from the origin, not stored");
+    let digest = flight.digest.clone();
+    let state = (source.body, hasher, pos, None::<Bytes>, false);
+    let stream = futures_util::stream::unfold(state, move |(mut body, mut hasher, mut received, held, done)| {
+        let digest = digest.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) if !chunk.is_empty() => {
+                    hasher.update(&chunk);
+                    received += chunk.len() as u64;
+                    if received > total {
+                        return Some((
+                            Err(io::Error::other("origin sent more than the blob's length")),
+                            (body, hasher, received, None, true),
+                        ));
+                    }
+                    // Keep the final byte back until the digest is checked.
+                    let mut out = match held {
+                        Some(h) => {
+                            let mut v = h.to_vec();
+                            v.extend_from_slice(&chunk);
+                            Bytes::from(v)
+                        }
+                        None => chunk,
+                    };
+                    let last = out.split_off(out.len() - 1);
+                    Some((Ok(out), (body, hasher, received, Some(last), false)))
+                }
+                Some(Ok(_)) => Some((Ok(Bytes::new()), (body, hasher, received, held, false))),
+                Some(Err(e)) => Some((Err(io::Error::other(e.to_string())), (body, hasher, received, None, true))),
+                None if received == total && hasher.clone().finish() == digest => {
+                    Some((Ok(held.unwrap_or_default()), (body, hasher, received, None, true)))
+                }
+                None => Some((
+                    Err(io::Error::other("blob from the origin did not verify")),
+                    (body, hasher, received, None, true),
+                )),
+            }
+        }
+    });
+    Ok(stream.boxed())
 }
 
 fn read_exact_at(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
