@@ -427,25 +427,28 @@ S3_NOTES=() # S3 mode: per-run details printed below its table
 log "correctness checks through ocicache"
 start_ocicache
 mark=$(upstream_mark)
-out=$(curl -s --max-time "$CURL_TIMEOUT" -o "$WORK/through-ocicache.blob" -w '%{http_code} %{size_download}' "$OCI_BLOB_URL" || echo "curl-failed")
-sum=sha256:$(sha256sum "$WORK/through-ocicache.blob" | cut -d' ' -f1)
-if [[ $out == "200 $BLOB_SIZE" && $sum == "$BLOB_DIGEST" ]]; then
+# fetch_blob URL: downloads the big blob through ocicache; prints "status bytes sha256:hex".
+fetch_blob() {
+    local out sum
+    out=$(curl -s --max-time "$CURL_TIMEOUT" -o "$WORK/through-ocicache.blob" -w '%{http_code} %{size_download}' "$1" || echo "curl-failed")
+    sum=sha256:$(sha256sum "$WORK/through-ocicache.blob" | cut -d' ' -f1)
+    rm -f "$WORK/through-ocicache.blob"
+    echo "$out $sum"
+}
+got=$(fetch_blob "$OCI_BLOB_URL")
+if [[ $got == "200 $BLOB_SIZE $BLOB_DIGEST" ]]; then
     CORRECT_COLD="OK (cold GET: 200, $BLOB_SIZE bytes, sha256 matches the digest)"
 else
-    CORRECT_COLD="FAILED (cold GET $OCI_BLOB_URL: status/bytes '$out', sha256 $sum, expected $BLOB_DIGEST)"
+    CORRECT_COLD="FAILED (cold GET $OCI_BLOB_URL: status bytes sha256 '$got', expected $BLOB_DIGEST)"
     problem "blob through ocicache is wrong: $CORRECT_COLD"
 fi
-rm -f "$WORK/through-ocicache.blob"
-out=$(curl -s --max-time "$CURL_TIMEOUT" -o "$WORK/through-ocicache.blob" -w '%{http_code} %{size_download}' \
-    "http://127.0.0.1:$OCI_PORT/v2/$REPO/blobs/$BLOB_DIGEST?ns=$NS" || echo "curl-failed")
-sum=sha256:$(sha256sum "$WORK/through-ocicache.blob" | cut -d' ' -f1)
-if [[ $out == "200 $BLOB_SIZE" && $sum == "$BLOB_DIGEST" ]]; then
+got=$(fetch_blob "http://127.0.0.1:$OCI_PORT/v2/$REPO/blobs/$BLOB_DIGEST?ns=$NS")
+if [[ $got == "200 $BLOB_SIZE $BLOB_DIGEST" ]]; then
     CORRECT_WARM="OK (warm GET with ?ns=: sha256 matches)"
 else
-    CORRECT_WARM="FAILED (warm GET ?ns=: '$out', sha256 $sum)"
-    problem "warm blob through ocicache (?ns=) is wrong: '$out' $sum"
+    CORRECT_WARM="FAILED (warm GET ?ns=: '$got')"
+    problem "warm blob through ocicache (?ns=) is wrong: '$got'"
 fi
-rm -f "$WORK/through-ocicache.blob"
 for ref in "$TAG" "$MANIFEST_DIGEST"; do
     got=$(curl -s --max-time "$CURL_TIMEOUT" -H "Accept: $OCI_MT" "$(manifest_url oci "$ref")" | sha256sum | cut -d' ' -f1 || true)
     [[ sha256:$got == "$MANIFEST_DIGEST" ]] || problem "manifest $ref through ocicache has digest sha256:$got, expected $MANIFEST_DIGEST"

@@ -616,16 +616,26 @@ class Fixtures:
         return self.dir / name
 
 
-def run_config(binary: str, where: str, cfg: dict, text: str, fixtures: Fixtures, work: Path, http_checks: bool) -> bool:
-    """Starts ocicache on the config (Secret files replaced by fixtures); checks probes and auth."""
+def write_config(where: str, cfg: dict, text: str, fixtures: Fixtures, work: Path):
+    """Writes the config with its Secret files replaced by fixtures; None when it needs TLS fixtures
+    that could not be made. Returns (slug, path)."""
     needs_tls = any(k in ("tls_cert", "tls_key") or k.endswith(("ca", "client_cert", "client_key")) for k, _ in toml_files(cfg))
     if needs_tls and not fixtures.tls:
-        return False
+        return None
     for key, path in toml_files(cfg):
         text = text.replace(json.dumps(path), json.dumps(str(fixtures.path_for(key))))
     slug = re.sub(r"[^a-z0-9]+", "-", where.lower())
     conf = work / f"{slug}.toml"
     conf.write_text(text)
+    return slug, conf
+
+
+def run_config(binary: str, where: str, cfg: dict, text: str, fixtures: Fixtures, work: Path, http_checks: bool) -> bool:
+    """Starts ocicache on the config (Secret files replaced by fixtures); checks probes and auth."""
+    written = write_config(where, cfg, text, fixtures, work)
+    if written is None:
+        return False
+    slug, conf = written
     log_path = work / f"{slug}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCICACHE_") and "PROXY" not in k.upper()}
     with open(log_path, "w") as log:
@@ -703,14 +713,10 @@ def run_storage_config(binary: str, where: str, cfg: dict, text: str, env_of_pod
     must read the whole config (an unknown key or a bad value stops it earlier, with another message)
     and then fail listing exactly the bucket and prefix of its storage URL."""
     storage = cfg["storage"]
-    needs_tls = any(k in ("tls_cert", "tls_key") or k.endswith(("ca", "client_cert", "client_key")) for k, _ in toml_files(cfg))
-    if needs_tls and not fixtures.tls:
+    written = write_config(where, cfg, text, fixtures, work)
+    if written is None:
         return False
-    for key, path in toml_files(cfg):
-        text = text.replace(json.dumps(path), json.dumps(str(fixtures.path_for(key))))
-    slug = re.sub(r"[^a-z0-9]+", "-", where.lower())
-    conf = work / f"{slug}.toml"
-    conf.write_text(text)
+    slug, conf = written
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OCICACHE_", "AWS_")) and "PROXY" not in k.upper()}
     # The pod's literal AWS_* values (region, STS endpoint, ...). Keys from Secrets become dummies,
     # which also keeps the client away from instance metadata and STS.

@@ -151,7 +151,8 @@ impl Error {
                 (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
             }
             Error::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
-            Error::Shared(_) => unreachable_shared(),
+            // `inner()` unwraps every `Shared`; this arm only keeps the match total without a panic.
+            Error::Shared(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
         };
         (status, OciError::new(code, msg), headers)
     }
@@ -170,9 +171,4 @@ impl Error {
     pub fn wants_client_credentials(&self) -> bool {
         matches!(self.inner(), Error::Upstream(u) if matches!(u.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND))
     }
-}
-
-/// `inner()` never returns `Shared`; kept as a function so the match above stays total without a panic.
-fn unreachable_shared() -> (StatusCode, ErrorCode) {
-    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown)
 }

@@ -157,7 +157,7 @@ impl Cache {
         }
         let label = req.target.registry.to_string();
         let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), Identity::Cache);
-        let flight = match self.flights.join_or_start(req.digest, &label, open, req.private_registry)? {
+        let (flight, started) = match self.flights.join_or_start(req.digest, &label, open, req.private_registry)? {
             Joined::Stored { file, size } => {
                 if !req.private_registry {
                     self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest)).await?;
@@ -166,7 +166,6 @@ impl Cache {
             }
             Joined::Flight { flight, started } => (flight, started),
         };
-        let (flight, started) = flight;
         if flight.is_private() && !req.private_registry {
             // Joined a download another client was allowed to start: prove access too.
             self.confirm_if_private(req, true).await?;

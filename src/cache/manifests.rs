@@ -112,8 +112,7 @@ impl Cache {
             return Ok(ManifestAnswer::Full { manifest: m, result: CacheResult::Hit });
         }
         if q.head {
-            let (info, _) = (self.head_upstream(q, Identity::Cache).await?, ());
-            return Ok(info.answer(CacheResult::Skip));
+            return Ok(self.head_upstream(q, Identity::Cache).await?.answer(CacheResult::Skip));
         }
         let (manifest, _) = self.fetch(q, Some(d.clone()), false).await?;
         Ok(ManifestAnswer::Full { manifest, result: CacheResult::Miss })
