@@ -2,13 +2,9 @@
 //! `/metrics`, `/healthz` and `/readyz`. Translates between HTTP and the cache; holds no caching logic.
 
 pub mod auth;
-mod range;
 mod response;
 pub mod tls;
 mod v2;
-
-#[cfg(test)]
-mod tests;
 
 use std::sync::Arc;
 
