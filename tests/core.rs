@@ -510,3 +510,46 @@ fn random_range_headers_get_answers_whose_headers_match_their_bytes() {
     let (partial, refused) = (partial.get(), refused.get());
     assert!(partial > 50 && refused > 10, "{partial} partial, {refused} refused");
 }
+
+/// Issue #12: every pull of an unchanged `:latest` (revalidated each time: `latest` is a skip-tag by
+/// default) rewrote its tag file, two fsyncs on the request path. Now the file is left alone while
+/// the tag does not move, and rewritten when it does.
+#[test]
+fn pulling_an_unchanged_latest_again_leaves_its_tag_file_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let upstream = Registry::start();
+    let (_d, _img) = push_image(&upstream, "test/app", "latest", 21);
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+    let pull = || {
+        let d = tempfile::tempdir().unwrap();
+        let src = format!("docker://{}/one.test/test/app:latest", cache.addr());
+        assert_success(&skopeo_copy_to_dir(&src, d.path(), &[]), "pull");
+        d
+    };
+    let tag_files = || {
+        let mut v: Vec<_> = files_under(&cache.dir.join("tags"))
+            .into_iter()
+            .map(|p| {
+                let m = std::fs::metadata(&p).unwrap();
+                (m.ino(), m.modified().unwrap(), std::fs::read(&p).unwrap(), p)
+            })
+            .collect();
+        v.sort_by(|a, b| a.3.cmp(&b.3));
+        v
+    };
+    pull();
+    let first = tag_files();
+    assert!(!first.is_empty());
+    for n in 1..=3 {
+        let heads = upstream.count("HEAD", "/manifests/latest");
+        pull();
+        assert!(upstream.count("HEAD", "/manifests/latest") > heads, "pull {n} did not revalidate");
+        assert_eq!(tag_files(), first, "pull {n} rewrote an unchanged tag file");
+    }
+    // The tag moves upstream: the next pull gets the new image and the file says so.
+    let (_d2, img2) = push_image(&upstream, "test/app", "latest", 22);
+    let dest = pull();
+    assert_same_image(dest.path(), &img2);
+    let moved = tag_files();
+    assert!(moved.iter().any(|(.., bytes, _)| String::from_utf8_lossy(bytes).contains(&img2.manifest_digest)));
+}
