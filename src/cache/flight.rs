@@ -145,9 +145,16 @@ impl Flights {
                 discard(temp);
                 return Ok(Joined::Flight { flight, started: false });
             }
-            if let Some((file, size)) = self.store.open_blob(digest).await? {
-                discard(temp);
-                return Ok(Joined::Stored { file, size });
+            match self.store.open_blob(digest).await {
+                Ok(Some((file, size))) => {
+                    discard(temp);
+                    return Ok(Joined::Stored { file, size });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    discard(temp);
+                    return Err(e);
+                }
             }
             let t = match temp.take() {
                 Some(t) => t,
