@@ -13,12 +13,12 @@ use http::header::{
 };
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use super::range::{self, RangeRequest};
 use super::response::{self, header, API_VERSION, CONTENT_DIGEST};
 use super::AppState;
 use crate::cache::{BlobAnswer, ManifestAnswer, ManifestQuery};
 use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
+use crate::oci::range::{self, RangeRequest};
 use crate::oci::{route, AcceptList, Digest, ErrorCode, OciError, Reference, Route, RouteKind, Target};
 use crate::upstream::{Identity, OriginRequest};
 
@@ -182,7 +182,8 @@ async fn api(
         RouteKind::Blob(digest) => {
             let answer = state.cache.blob(target, &digest, head, client_auth).await?;
             let result = answer.result();
-            let range = headers.get(RANGE).and_then(|v| v.to_str().ok());
+            // RFC 9110 §14.2: Range is defined for GET only; a HEAD describes the whole blob.
+            let range = headers.get(RANGE).and_then(|v| v.to_str().ok()).filter(|_| !head);
             Ok((blob_response(state, answer, &digest, head, range)?, Some(result)))
         }
         RouteKind::Tags => Ok((tags(state, target, head, query, client_auth).await?, None)),
@@ -249,9 +250,9 @@ fn blob_response(
     };
     let mut b = base.status(status);
     if let Some(size) = size {
-        b = b.header(CONTENT_LENGTH, range.end - range.start);
+        b = b.header(CONTENT_LENGTH, range.len());
         if status == StatusCode::PARTIAL_CONTENT {
-            b = b.header(CONTENT_RANGE, format!("bytes {}-{}/{size}", range.start, range.end - 1));
+            b = b.header(CONTENT_RANGE, range.content_range(size));
         }
     }
     if head {
