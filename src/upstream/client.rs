@@ -2,8 +2,8 @@
 //! the client's own, and the token flow. Redirects (blob GETs often answer 307 to a CDN) are followed
 //! by reqwest, which drops `Authorization` when the host changes.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -79,7 +79,8 @@ pub struct OriginClient {
     tls_clients: BTreeMap<RegistryName, reqwest::Client>,
     tokens: TokenCache,
     /// Endpoints that answered with a Basic challenge: later requests send Basic credentials at once.
-    basic_endpoints: Mutex<HashSet<String>>,
+    /// Bounded: endpoints of wildcard-allowed registries are client-chosen (forgetting one costs a 401).
+    basic_endpoints: moka::sync::Cache<String, ()>,
 }
 
 /// The longest one attempt at an endpoint can take before its timeouts end it (a token request and
@@ -126,7 +127,10 @@ impl OriginClient {
             registries,
             creds: Arc::new(creds),
             tokens: TokenCache::default(),
-            basic_endpoints: Mutex::default(),
+            basic_endpoints: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
         })
     }
 
@@ -254,7 +258,7 @@ impl OriginClient {
             scope: format!("repository:{}:pull", req.target.repository),
             credential: credential.map(Credential::id).unwrap_or_default(),
         };
-        let basic_known = self.basic_endpoints.lock().map(|s| s.contains(endpoint.as_str())).unwrap_or(false);
+        let basic_known = self.basic_endpoints.contains_key(endpoint.as_str());
         let first_auth = match (basic_known, credential) {
             (true, Some(c)) => Some(basic(c)),
             _ => self.tokens.cached(&key).await.map(|t| bearer(&t)),
@@ -319,9 +323,7 @@ impl OriginClient {
             }
             Some(Challenge::Basic) => match credential {
                 Some(c) => {
-                    if let Ok(mut s) = self.basic_endpoints.lock() {
-                        s.insert(endpoint.to_string());
-                    }
+                    self.basic_endpoints.insert(endpoint.to_string(), ());
                     let resp = self.send_once(req, &url, Some(basic(c))).await?;
                     if resp.status() == StatusCode::UNAUTHORIZED {
                         return Err(rejected("basic authentication failed".into()));
