@@ -15,7 +15,7 @@ use super::creds::Credential;
 use super::egress::EgressPolicy;
 use super::health::{ceil_secs, Admission, OriginHealth, Refusal};
 use super::registries::Registries;
-use super::sources::{CredentialSources, Sourced};
+use super::sources::{endpoint_name, CredentialSources, Sourced};
 use crate::config::OriginTls;
 use crate::error::{Error, Resource, UpstreamStatus};
 use crate::metrics::Metrics;
@@ -229,7 +229,11 @@ impl OriginClient {
         match self.attempt_with(endpoint, req).await {
             Err(Error::CredentialsRejected { helper: Some(helper), .. }) => {
                 tracing::info!(registry = %req.target.registry, %helper, "credentials rejected; asking the helper again");
+                // Asked for the endpoint's own name or the registry's: forget both answers.
                 self.creds.invalidate(&helper, &req.target.registry);
+                if let Some(name) = endpoint_name(endpoint) {
+                    self.creds.invalidate(&helper, &name);
+                }
                 self.attempt_with(endpoint, req).await
             }
             other => other,
@@ -246,7 +250,7 @@ impl OriginClient {
                 return self.classify(req, resp);
             }
             Identity::Client(None) => None,
-            Identity::Cache => self.creds.lookup(&req.target.registry, &req.target.repository).await.map_err(|e| {
+            Identity::Cache => self.creds.lookup(endpoint, &req.target.registry, &req.target.repository).await.map_err(|e| {
                 tracing::warn!(registry = %req.target.registry, error = %e, "no credentials from the configured source");
                 Error::CredentialSource { registry: req.target.registry.clone(), reason: e.to_string() }
             })?,
