@@ -205,7 +205,11 @@ impl OriginClient {
             }
             Err(e) if fails_over(&e) => {
                 self.metrics.endpoint_failed(registry.as_str(), ep);
-                match self.health.failed(ep, &admission, &e.to_string()) {
+                let reason = match &e {
+                    Error::Unreachable { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                match self.health.failed(ep, &admission, &reason) {
                     Some(open) => {
                         tracing::warn!(%registry, endpoint = ep, error = %e, skip_s = open.as_secs(), "origin endpoint failed; skipping it for a while")
                     }

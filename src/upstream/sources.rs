@@ -4,7 +4,7 @@
 //! re-read when they change (secrets rotate); helper answers are cached for `credential_ttl` and
 //! fetched again at once when the origin rejects them. No secret is ever logged or put in an error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -181,12 +181,17 @@ pub struct CredentialSources {
     creds_file: Option<Reloading<Credentials>>,
     docker: Option<Reloading<DockerConfig>>,
     helper_ttl: Duration,
-    helper_cache: Mutex<HashMap<(String, String), (Sourced, Instant)>>,
+    /// Helper answers by (helper, server). Bounded: a `credsStore` answers for every registry, and
+    /// registry names allowed by a wildcard (`*.azurecr.io`) are client-chosen.
+    helper_cache: moka::sync::Cache<(String, String), (Sourced, Instant)>,
     refreshes: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Helper answers are refreshed in the background once this fraction of `credential_ttl` has passed.
 const REFRESH_AT: f32 = 0.8;
+
+/// Most helper answers kept (one per helper and registry).
+const MAX_HELPER_ANSWERS: u64 = 10_000;
 
 /// How long a helper may take.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -207,7 +212,10 @@ impl CredentialSources {
                 .map(|p| Reloading::new(p, DockerConfig::parse).map_err(|e| format!("--docker-config {e}")))
                 .transpose()?,
             helper_ttl,
-            helper_cache: Mutex::default(),
+            helper_cache: moka::sync::Cache::builder()
+                .max_capacity(MAX_HELPER_ANSWERS)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
             refreshes: Mutex::default(),
         })
     }
@@ -279,13 +287,12 @@ impl CredentialSources {
 
     /// The origin rejected a helper's credential: forget it, so the next lookup asks the helper again.
     pub fn invalidate(&self, helper: &str, registry: &RegistryName) {
-        let mut cache = self.helper_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.remove(&(helper.to_owned(), registry.to_string()));
+        self.helper_cache.invalidate(&(helper.to_owned(), registry.to_string()));
     }
 
     async fn ask_helper(self: &Arc<Self>, helper: &str, registry: &RegistryName) -> Result<Sourced, SourceError> {
         let key = (helper.to_owned(), registry.to_string());
-        let cached = self.helper_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let cached = self.helper_cache.get(&key);
         if let Some((s, at)) = cached {
             if at.elapsed() < self.helper_ttl {
                 // Past most of its life: refresh in the background, so no request waits for the helper
@@ -350,7 +357,7 @@ impl CredentialSources {
             helper: Some(helper.to_owned()),
         };
         tracing::info!(%registry, helper = %program, "credentials from helper");
-        self.helper_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (sourced.clone(), Instant::now()));
+        self.helper_cache.insert(key, (sourced.clone(), Instant::now()));
         Ok(sourced)
     }
 }
