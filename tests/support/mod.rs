@@ -185,6 +185,11 @@ impl HttpResponse {
 /// `addr` is "127.0.0.1:PORT", `path` includes the query. Handles Content-Length, chunked and
 /// read-to-EOF bodies (HEAD responses have no body). Panics on I/O errors (30 s timeout).
 pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_send(addr, method, path, headers, None)
+}
+
+/// [`http_request`] with a request body (sent with its Content-Length).
+pub fn http_send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
     let ctx = || format!("{method} http://{addr}{path}");
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{}: connect: {e}", ctx()));
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -192,8 +197,13 @@ pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{}: write: {e}", ctx()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).unwrap_or_else(|e| panic!("{}: write: {e}", ctx()));
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{}: read: {e}", ctx()));
     let head_end = raw
