@@ -8,6 +8,7 @@ pub mod coalesce;
 pub mod flight;
 pub mod manifests;
 pub mod policy;
+pub mod referrers;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub use coalesce::Coalesce;
 pub use flight::{BlobSource, Flight, Flights, Joined, Opener};
 pub use manifests::{ManifestAnswer, ManifestQuery};
 pub use policy::{TagDecision, TagPolicy};
+pub use referrers::{ReferrersAnswer, ReferrersQuery};
 
 use std::time::Duration;
 

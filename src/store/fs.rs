@@ -579,6 +579,40 @@ impl FsStore {
         Ok(current)
     }
 
+    /// The file holding the referrers list of `subject` in a repository (`_referrers` cannot collide
+    /// with a repository component, as `_tags`).
+    fn referrers_file(&self, registry: &RegistryName, repo: &Repository, subject: &Digest) -> PathBuf {
+        self.root.join("tags").join(registry.as_str()).join(repo.as_str()).join("_referrers").join(format!(
+            "{}-{}.json",
+            subject.algorithm().as_str(),
+            subject.hex()
+        ))
+    }
+
+    /// The stored referrers list of `subject`, as written by `put_referrers`.
+    pub fn referrers(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        subject: &Digest,
+    ) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.referrers_file(registry, repo, subject)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn put_referrers(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        subject: &Digest,
+        json: &[u8],
+    ) -> io::Result<()> {
+        self.write_atomic(&self.referrers_file(registry, repo, subject), json)
+    }
+
     fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<()> {
         assert_blocking_thread();
         let mut tmp = self.temp_file_blocking()?;

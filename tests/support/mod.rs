@@ -192,6 +192,11 @@ pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str
     http_begin(addr, method, path, headers).finish()
 }
 
+/// [`http_request`] with a request body (sent with its Content-Length).
+pub fn http_send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
+    http_start(addr, method, path, headers, body).finish()
+}
+
 /// A request whose response head has arrived and whose body may still be on its way: lets a test
 /// know the server has answered (e.g. joined a running download) before it lets the body complete.
 pub struct HttpPending {
@@ -203,6 +208,10 @@ pub struct HttpPending {
 
 /// Sends a request like [`http_request`] and waits only for the response head.
 pub fn http_begin(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpPending {
+    http_start(addr, method, path, headers, None)
+}
+
+fn http_start(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpPending {
     let ctx = format!("{method} http://{addr}{path}");
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{ctx}: connect: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -210,8 +219,13 @@ pub fn http_begin(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
