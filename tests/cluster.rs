@@ -3,7 +3,7 @@
 //! --from-file` reads `kubectl get pods -A -o json` output; `status` and `/status` say what is cached.
 //!
 //! No Kubernetes API server can be installed here, so the watcher talks to an in-process fake API
-//! server (`FakeApi` below) that serves list responses recorded in the shape of the real API's
+//! server (`FakeApi` below) that serves list responses written in the shape of the real API's
 //! (tests/corpus/kubernetes/) and the `?watch=1` stream of newline-delimited events. Everything
 //! else is real: docker-registry as the origin, skopeo to push, containerd to pull.
 
