@@ -143,6 +143,7 @@ SCENARIOS = {
             "tlsConfig": {"ca": {"secret": {"name": "ocicache-tls", "key": "ca.crt"}}, "serverName": "localhost"},
         },
         "prometheusRule": {"enabled": True},
+        "warmFromCluster": {"enabled": True},
         "nodeConfigurator": {"enabled": True, "ca": "/etc/containerd/certs.d/ocicache-ca.pem"},
     },
     "daemonset": {
