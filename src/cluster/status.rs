@@ -271,23 +271,15 @@ impl DescPlatform {
     }
 }
 
-/// Store reads off the async workers, local disk first, then the shared tier.
+/// Store reads (the async store methods do their I/O off the workers), local disk first, then the
+/// shared tier.
 struct Lookup<'a> {
     store: &'a FsStore,
 }
 
 impl Lookup<'_> {
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&FsStore) -> T + Send + 'static) -> Option<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await.ok()
-    }
-
     async fn tag_entries(&self, image: &ImageRef, tag: &crate::oci::Tag) -> Vec<TagEntry> {
-        let (registry, repository, t) = (image.registry.clone(), image.repository.clone(), tag.clone());
-        let local = self
-            .blocking(move |s| s.tag_entries(&registry, &repository, &t).unwrap_or_default())
-            .await
-            .unwrap_or_default();
+        let local = self.store.tag_entries(&image.registry, &image.repository, tag).await.unwrap_or_default();
         if !local.is_empty() {
             return local;
         }
@@ -298,8 +290,7 @@ impl Lookup<'_> {
     }
 
     async fn manifest(&self, d: &Digest) -> Option<StoredManifest> {
-        let digest = d.clone();
-        if let Some(m) = self.blocking(move |s| s.manifest(&digest).ok().flatten()).await.flatten() {
+        if let Ok(Some(m)) = self.store.manifest(d).await {
             return Some(m);
         }
         let raw = self.store.remote()?.get_manifest(d).await.ok()??;
@@ -307,8 +298,7 @@ impl Lookup<'_> {
     }
 
     async fn blob(&self, d: &Digest) -> bool {
-        let digest = d.clone();
-        if self.blocking(move |s| s.blob_size(&digest).is_some()).await.unwrap_or(false) {
+        if self.store.blob_size(d).await.is_some() {
             return true;
         }
         match self.store.remote() {
