@@ -418,25 +418,10 @@ async fn fetch_once(
         what: reference.to_string(),
         limit: MAX_MANIFEST_BYTES,
     };
-    if resp.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
-        return Err(too_large());
-    }
     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
     let header_digest: Option<Digest> =
         resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let mut body = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::Unreachable {
-            registry: target.registry.clone(),
-            reason: crate::upstream::client::describe(&e),
-        })?;
-        if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let bytes: Bytes = body.freeze();
+    let bytes = read_bounded(target, resp, MAX_MANIFEST_BYTES, too_large).await?;
     let mismatch = |expected: &Digest| Error::DigestMismatch {
         origin: target.registry.to_string(),
         what: format!("manifest {}/{reference}", target.repository),
@@ -454,6 +439,32 @@ async fn fetch_once(
     }
     let media_type = media_type_of(content_type.as_ref(), &bytes);
     Ok(StoredManifest { digest, media_type, bytes })
+}
+
+/// An origin's answer read whole, refused with `too_large()` past `limit` bytes (manifests and
+/// referrers lists are held in memory, so they are bounded).
+pub(crate) async fn read_bounded(
+    target: &Target,
+    resp: reqwest::Response,
+    limit: usize,
+    too_large: impl Fn() -> Error,
+) -> Result<Bytes, Error> {
+    if resp.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::Unreachable {
+            registry: target.registry.clone(),
+            reason: crate::upstream::client::describe(&e),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// The manifest's media type: the origin's Content-Type, else the `mediaType` inside, else OCI.

@@ -10,13 +10,12 @@
 //! index a client pushed under the tag `<alg>-<hex>`, fetched through the ordinary manifest path (so it
 //! is cached and verified like any manifest). No tag there means no referrers: an empty list.
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use http::header::{ACCEPT, LINK};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::manifests::{ManifestAnswer, ManifestQuery, MAX_MANIFEST_BYTES};
+use super::manifests::{read_bounded, ManifestAnswer, ManifestQuery, MAX_MANIFEST_BYTES};
 use super::Cache;
 use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
@@ -148,7 +147,12 @@ impl Cache {
                 Err(e) => return Err(e),
             };
             let next = next_page(resp.headers(), &q.subject);
-            let body = read_bounded(&q.target, resp, MAX_MANIFEST_BYTES.saturating_sub(bytes)).await?;
+            let too_large = || Error::ManifestTooLarge {
+                registry: q.target.registry.clone(),
+                what: format!("referrers list of {}", q.subject),
+                limit: MAX_MANIFEST_BYTES,
+            };
+            let body = read_bounded(&q.target, resp, MAX_MANIFEST_BYTES.saturating_sub(bytes), too_large).await?;
             bytes += body.len();
             let doc: IndexDoc = serde_json::from_slice(&body).map_err(|e| Error::BadUpstreamBody {
                 origin: q.target.registry.to_string(),
@@ -260,31 +264,6 @@ fn next_page(headers: &HeaderMap, subject: &Digest) -> Option<String> {
     let pairs = url::form_urlencoded::parse(query.as_bytes());
     let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
     Some(format!("referrers/{subject}?{query}"))
-}
-
-/// The whole body, refused past `limit` bytes.
-async fn read_bounded(target: &Target, resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
-    let too_large = || Error::ManifestTooLarge {
-        registry: target.registry.clone(),
-        what: "referrers list".into(),
-        limit: MAX_MANIFEST_BYTES,
-    };
-    if resp.content_length().is_some_and(|l| l > limit as u64) {
-        return Err(too_large());
-    }
-    let mut body = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::Unreachable {
-            registry: target.registry.clone(),
-            reason: crate::upstream::client::describe(&e),
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 #[cfg(test)]

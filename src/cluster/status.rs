@@ -77,38 +77,27 @@ impl Report {
                 ]
             })
             .collect();
-        let header = ["IMAGE", "CACHED", "MANIFEST", "BLOBS", "TAG AGE"].map(str::to_owned);
-        let mut widths = header.clone().map(|h| h.len());
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for (n, row) in std::iter::once(&header).chain(rows.iter()).enumerate() {
-            let mut line = format!(
-                "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}",
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2],
-                w3 = widths[3]
-            );
-            if let Some(status) = n.checked_sub(1).map(|i| &self.images[i]) {
+        let suffixes: Vec<String> = self
+            .images
+            .iter()
+            .map(|status| {
+                let mut note = String::new();
                 if let Some(m) = &status.missing {
-                    let _ = write!(line, "  ({m})");
+                    let _ = write!(note, "  ({m})");
                 }
                 if let Some(w) = status.last_warm.as_ref().filter(|w| *w != "ok") {
-                    let _ = write!(line, "  last warm: {w}");
+                    let _ = write!(note, "  last warm: {w}");
                 }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
+                note
+            })
+            .collect();
+        use crate::cmd::table::{render, Align::*};
+        let mut out = render(
+            ["IMAGE", "CACHED", "MANIFEST", "BLOBS", "TAG AGE"],
+            [Left, Left, Left, Right, Left],
+            &rows,
+            &suffixes,
+        );
         let platforms = if self.platforms.is_empty() { "all".to_owned() } else { self.platforms.join(", ") };
         let _ = writeln!(
             out,

@@ -4,4 +4,5 @@
 pub mod gc;
 pub mod hosts;
 pub mod status;
+pub mod table;
 pub mod warm;

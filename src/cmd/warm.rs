@@ -628,6 +628,20 @@ struct FetchedManifest {
     doc: ManifestDoc,
 }
 
+/// A manifest or index body, whole, refused past `MAX_MANIFEST_BYTES`.
+async fn read_bounded(resp: reqwest::Response, what: &str) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| anyhow!("reading {what}: {}", error_chain(&e)))?;
+        if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            bail!("{what} is larger than {} MiB", MAX_MANIFEST_BYTES >> 20);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// "manifest sha256:..." or "tag 1.0", for messages.
 fn describe_reference(reference: &str) -> String {
     match reference.contains(':') {
@@ -760,15 +774,7 @@ impl Puller {
             .unwrap_or_default();
         let header_digest =
             resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| anyhow!("reading {}: {}", what(), error_chain(&e)))?;
-            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                bail!("{} is larger than {} MiB", what(), MAX_MANIFEST_BYTES >> 20);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_bounded(resp, &what()).await?;
         let digest = Digest::sha256_of(&body);
         if let Ok(Reference::Digest(expected)) = Reference::parse(reference) {
             if expected != digest {
@@ -798,15 +804,7 @@ impl Puller {
     async fn referrers(&self, image: &ImageRef, subject: &Digest) -> anyhow::Result<Vec<Descriptor>> {
         let what = || format!("referrers of {subject}");
         let resp = self.send(&image.path("referrers", &subject.to_string()), None).await.with_context(what)?;
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| anyhow!("reading {}: {}", what(), error_chain(&e)))?;
-            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                bail!("{} is larger than {} MiB", what(), MAX_MANIFEST_BYTES >> 20);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_bounded(resp, &what()).await?;
         let doc: ManifestDoc = serde_json::from_slice(&body).with_context(|| format!("{} is not an index", what()))?;
         Ok(doc.manifests.unwrap_or_default())
     }
@@ -1059,29 +1057,7 @@ fn print_summary(outcomes: &[Outcome]) {
             ]
         })
         .collect();
-    let header = ["IMAGE", "PLATFORMS", "BLOBS", "BYTES", "RESULT"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        let line = format!(
-            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-        );
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    use super::table::{render, Align::*};
+    let out = render(["IMAGE", "PLATFORMS", "BLOBS", "BYTES", "RESULT"], [Left, Left, Right, Right, Left], &rows, &[]);
     print!("{out}");
 }
