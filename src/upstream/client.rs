@@ -2,8 +2,8 @@
 //! the client's own, and the token flow. Redirects (blob GETs often answer 307 to a CDN) are followed
 //! by reqwest, which drops `Authorization` when the host changes.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -79,8 +79,13 @@ pub struct OriginClient {
     tls_clients: BTreeMap<RegistryName, reqwest::Client>,
     tokens: TokenCache,
     /// Endpoints that answered with a Basic challenge: later requests send Basic credentials at once.
-    basic_endpoints: Mutex<HashSet<String>>,
+    /// Endpoints of `*.domain` registries are the client's to invent: bounded, forgotten when idle.
+    basic_endpoints: moka::sync::Cache<String, ()>,
 }
+
+/// Endpoints remembered as Basic-only, at most; one forgotten costs one extra 401 round trip.
+const MAX_BASIC_ENDPOINTS: u64 = 1_000;
+const BASIC_ENDPOINT_IDLE: Duration = Duration::from_secs(3600);
 
 /// How long a read may stall before the transfer counts as failed (and a blob fill resumes).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -120,7 +125,7 @@ impl OriginClient {
             registries,
             creds: Arc::new(creds),
             tokens: TokenCache::default(),
-            basic_endpoints: Mutex::default(),
+            basic_endpoints: crate::bounded::idle_expiring(MAX_BASIC_ENDPOINTS, BASIC_ENDPOINT_IDLE),
         })
     }
 
@@ -162,14 +167,20 @@ impl OriginClient {
                 }
                 Err(e) if fails_over(&e) => {
                     let open = self.health.failed(ep);
-                    self.metrics.endpoint_failed(registry.as_str(), ep);
+                    self.metrics.endpoint_failed(
+                        &self.registries.label(registry),
+                        &self.registries.endpoint_label(registry, &endpoint),
+                    );
                     tracing::warn!(%registry, endpoint = ep, error = %e, skip_s = open.as_secs(), "origin endpoint failed; skipping it for a while");
                     last = Some(e);
                 }
                 other => {
                     // Any answer, even a 404, shows the endpoint is alive.
                     if self.health.succeeded(ep) {
-                        self.metrics.endpoint_recovered(registry.as_str(), ep);
+                        self.metrics.endpoint_recovered(
+                            &self.registries.label(registry),
+                            &self.registries.endpoint_label(registry, &endpoint),
+                        );
                         tracing::info!(%registry, endpoint = ep, "origin endpoint answers again");
                     }
                     return other;
@@ -213,7 +224,7 @@ impl OriginClient {
             scope: format!("repository:{}:pull", req.target.repository),
             credential: credential.map(Credential::id).unwrap_or_default(),
         };
-        let basic_known = self.basic_endpoints.lock().map(|s| s.contains(endpoint.as_str())).unwrap_or(false);
+        let basic_known = self.basic_endpoints.contains_key(endpoint.as_str());
         let first_auth = match (basic_known, credential) {
             (true, Some(c)) => Some(basic(c)),
             _ => self.tokens.cached(&key).await.map(|t| bearer(&t)),
@@ -278,9 +289,7 @@ impl OriginClient {
             }
             Some(Challenge::Basic) => match credential {
                 Some(c) => {
-                    if let Ok(mut s) = self.basic_endpoints.lock() {
-                        s.insert(endpoint.to_string());
-                    }
+                    self.basic_endpoints.insert(endpoint.to_string(), ());
                     let resp = self.send_once(req, &url, Some(basic(c))).await?;
                     if resp.status() == StatusCode::UNAUTHORIZED {
                         return Err(rejected("basic authentication failed".into()));
@@ -323,7 +332,7 @@ impl OriginClient {
                 return Err(self.unreachable(req, format!("no response within {secs}s")));
             }
         };
-        let registry = req.target.registry.as_str();
+        let registry = &self.registries.label(&req.target.registry);
         self.metrics.upstream_latency(registry, resp.status().as_u16(), started.elapsed().as_secs_f64());
         let limit = ratelimit_header(resp.headers().get("ratelimit-limit"));
         let remaining = ratelimit_header(resp.headers().get("ratelimit-remaining"));
