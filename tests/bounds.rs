@@ -63,8 +63,16 @@ fn invented_methods_repositories_and_registries_add_no_metric_series() {
     push(&img.layout, &img.tag, &format!("{}/real/app:v1", upstream.addr()), Format::Oci, None);
     let (proxy_port, tunnels) = refusing_proxy();
     let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let cache_dir = tempfile::tempdir().unwrap();
     let cache = CacheProcess::spawn_env(
-        &["--upstream", &format!("up.test={}", upstream.url()), "--allow-registry", "*.wild.test"],
+        &[
+            "--cache-dir",
+            cache_dir.path().to_str().unwrap(),
+            "--upstream",
+            &format!("up.test={}", upstream.url()),
+            "--allow-registry",
+            "*.wild.test",
+        ],
         &[("HTTPS_PROXY", &proxy), ("NO_PROXY", "127.0.0.1,localhost")],
     );
     let addr = format!("127.0.0.1:{}", cache.port);
