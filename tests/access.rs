@@ -140,18 +140,21 @@ fn trap() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 }
 
 #[test]
-fn origins_cannot_steer_the_cache_to_internal_addresses() {
+fn origins_cannot_steer_the_cache_to_cloud_metadata_or_unconfigured_registries() {
     let (port, hits) = trap();
     let origin = FakeOrigin::start();
-    // Faults: a redirect of a blob to an internal address, and a token realm on one.
-    let to_loopback = origin.add_blob(random_bytes(100, 1), Fault::Redirect(format!("http://127.0.0.1:{port}/x")));
+    // Faults: a blob redirected to the cloud metadata service, and a token realm there. The origin
+    // is named exactly (--upstream), so its other internal addresses are followed (tests/trust.rs);
+    // link-local ones never are.
     let to_metadata =
         origin.add_blob(random_bytes(100, 2), Fault::Redirect("http://169.254.169.254/latest/meta-data".into()));
-    let realm = format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\"");
+    let to_metadata_v6 =
+        origin.add_blob(random_bytes(100, 3), Fault::Redirect("http://[fd00:ec2::254]/latest/meta-data".into()));
+    let realm = "Bearer realm=\"http://169.254.169.254/token\",service=\"fake\"".to_owned();
     origin.add_manifest("1", b"{}", ACCEPT_OCI, Fault::Status(401, vec![("WWW-Authenticate".into(), realm)]));
     let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
 
-    for d in [&to_loopback, &to_metadata] {
+    for d in [&to_metadata, &to_metadata_v6] {
         let r = http_request(&cache.addr(), "GET", &format!("/v2/fake.test/app/blobs/{d}"), &[]);
         assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
         assert!(String::from_utf8_lossy(&r.body).contains("redirect refused"), "{}", String::from_utf8_lossy(&r.body));

@@ -1,6 +1,8 @@
 //! `OriginClient`: one request to an origin registry, with endpoint failover, operator credentials or
 //! the client's own, and the token flow. Redirects (blob GETs often answer 307 to a CDN) are followed
-//! by reqwest, which drops `Authorization` when the host changes.
+//! by reqwest, which drops `Authorization` when the host changes. Where redirects and token realms
+//! may lead depends on the registry's [`Trust`]: each trust level has its own HTTP client, because a
+//! reqwest redirect policy and resolver cannot see which registry a request serves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use url::Url;
 
 use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
 use super::creds::Credential;
-use super::egress::EgressPolicy;
+use super::egress::{EgressPolicy, Trust};
 use super::health::OriginHealth;
 use super::registries::Registries;
 use super::sources::{CredentialSources, Sourced};
@@ -68,7 +70,10 @@ impl Default for OriginOptions {
 }
 
 pub struct OriginClient {
-    http: reqwest::Client,
+    /// For registries the operator named exactly: their redirects and realms may be internal.
+    http_named: reqwest::Client,
+    /// For registries allowed by the built-in list or a pattern: the egress guard applies in full.
+    http_guarded: reqwest::Client,
     egress: EgressPolicy,
     options: OriginOptions,
     health: OriginHealth,
@@ -99,24 +104,26 @@ impl OriginClient {
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let egress = registries.egress_policy();
-        let builder = || {
+        let builder = |trust: Trust| {
             reqwest::Client::builder()
                 .user_agent(concat!("ocicache/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(options.connect_timeout)
                 .read_timeout(READ_TIMEOUT)
-                .redirect(egress.redirect_policy())
-                .dns_resolver(egress.resolver())
+                .redirect(egress.redirect_policy(trust))
+                .dns_resolver(egress.resolver(trust))
         };
-        let http = builder().build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let build = |trust| builder(trust).build().map_err(|e| format!("cannot build HTTP client: {e}"));
+        let (http_named, http_guarded) = (build(Trust::Named)?, build(Trust::Guarded)?);
         let mut tls_clients = BTreeMap::new();
         for (registry, tls) in origin_tls {
-            let client = with_tls(builder(), tls)
+            let client = with_tls(builder(registries.trust(registry)), tls)
                 .and_then(|b| b.build().map_err(|e| e.to_string()))
                 .map_err(|e| format!("registries.\"{registry}\" TLS settings: {e}"))?;
             tls_clients.insert(registry.clone(), client);
         }
         Ok(OriginClient {
-            http,
+            http_named,
+            http_guarded,
             tls_clients,
             egress,
             health: OriginHealth::new(options.endpoint_backoff),
@@ -129,8 +136,16 @@ impl OriginClient {
         })
     }
 
+    /// The client whose redirect policy and resolver match the registry's trust (token requests to
+    /// its realm use it too, so a realm's redirects are held to the same rule).
     fn http_for(&self, registry: &RegistryName) -> &reqwest::Client {
-        self.tls_clients.get(registry).unwrap_or(&self.http)
+        if let Some(c) = self.tls_clients.get(registry) {
+            return c;
+        }
+        match self.registries.trust(registry) {
+            Trust::Named => &self.http_named,
+            Trust::Guarded => &self.http_guarded,
+        }
     }
 
     pub fn registries(&self) -> &Registries {
@@ -249,7 +264,8 @@ impl OriginClient {
         match challenge {
             Some(Challenge::Bearer { realm, service, scope }) => {
                 let realm_url = Url::parse(&realm).ok();
-                if let Some(why) = realm_url.as_ref().and_then(|u| self.egress.allows_url(u).err()) {
+                let trust = self.registries.trust(&req.target.registry);
+                if let Some(why) = realm_url.as_ref().and_then(|u| self.egress.allows_url(u, trust).err()) {
                     tracing::warn!(registry = %req.target.registry, %realm, %why, "token realm refused");
                     return Err(Error::EgressRefused {
                         registry: req.target.registry.clone(),

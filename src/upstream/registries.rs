@@ -1,7 +1,7 @@
 //! The allow-list and endpoint table. `ns` and path-routed registry names are attacker-controlled, so a
 //! registry is dialled only when the operator allowed it; anything else is refused before any DNS lookup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use url::Url;
 
@@ -28,7 +28,7 @@ pub struct Registries {
     exact: Vec<RegistryName>,
     suffixes: Vec<String>,
     /// Exact names the operator allowed (not the built-in ones): may resolve to internal addresses.
-    operator_named: Vec<RegistryName>,
+    operator_named: BTreeSet<RegistryName>,
 }
 
 impl Registries {
@@ -74,6 +74,19 @@ impl Registries {
         }
         let host = if name.is_docker_hub() { "registry-1.docker.io" } else { name.as_str() };
         Url::parse(&format!("https://{host}")).ok().map(|u| vec![u])
+    }
+
+    /// How far this registry's redirects and token realm are believed. Named: a configured endpoint
+    /// (`--upstream`, `[registries]` endpoints) or an exact name in the allow-list — which includes
+    /// every registry the operator gave credentials, a credential helper or `--private-registry` for,
+    /// since the config layer adds those exactly. Guarded: reached through the built-in list or a
+    /// `*.domain` pattern, so the name came from a client.
+    pub fn trust(&self, name: &RegistryName) -> super::egress::Trust {
+        if self.endpoints.contains_key(name) || self.operator_named.contains(name) {
+            super::egress::Trust::Named
+        } else {
+            super::egress::Trust::Guarded
+        }
     }
 
     /// Internal addresses the operator named explicitly: configured endpoints and exact allow-list names.

@@ -96,10 +96,42 @@ fn creds_file_longest_prefix_wins() {
 fn exact_operator_names_may_resolve_internally_but_builtins_may_not() {
     let r = Registries::new(BTreeMap::new(), &["harbor.corp.example:8443".into(), "*.corp.example".into()]).unwrap();
     let p = r.egress_policy();
-    assert!(p.allows_url(&url::Url::parse("https://harbor.corp.example:8443/v2/").unwrap()).is_ok());
+    let harbor = url::Url::parse("https://harbor.corp.example:8443/v2/").unwrap();
+    assert!(p.allows_url(&harbor, egress::Trust::Guarded).is_ok());
     let debug = format!("{p:?}");
     assert!(debug.contains("harbor.corp.example"), "{debug}");
     assert!(!debug.contains("ghcr.io"), "built-in names must not be trusted with internal addresses: {debug}");
+}
+
+#[test]
+fn only_registries_the_operator_named_exactly_are_trusted() {
+    use egress::Trust::{Guarded, Named};
+    let mut ups = BTreeMap::new();
+    ups.insert(name("reg.test"), vec![url::Url::parse("http://10.0.0.5:5000").unwrap()]);
+    let r = Registries::new(ups, &["registry.gitlab.corp".into(), "*.corp.example".into(), "ghcr.io".into()]).unwrap();
+    assert_eq!(r.trust(&name("reg.test")), Named, "--upstream key");
+    assert_eq!(r.trust(&name("registry.gitlab.corp")), Named, "exact --allow-registry");
+    assert_eq!(r.trust(&name("ghcr.io")), Named, "a built-in name the operator also listed exactly");
+    assert_eq!(r.trust(&name("a.corp.example")), Guarded, "wildcard: the client picked the name");
+    assert_eq!(r.trust(&name("x.azurecr.io")), Guarded, "built-in wildcard");
+    assert_eq!(r.trust(&name("docker.io")), Guarded, "built-in");
+    assert_eq!(r.trust(&name("quay.io")), Guarded, "built-in");
+}
+
+#[test]
+fn a_wildcard_registrys_internal_realm_is_still_refused() {
+    // The GitLab case: the realm lives on another internal address than the registry.
+    let realm = url::Url::parse("https://10.0.0.7/jwt/auth").unwrap();
+    let r = Registries::new(BTreeMap::new(), &["registry.gitlab.corp".into(), "*.corp.example".into()]).unwrap();
+    let p = r.egress_policy();
+    assert!(p.allows_url(&realm, r.trust(&name("registry.gitlab.corp"))).is_ok());
+    for wild in ["registry.a.corp.example", "myreg.azurecr.io", "ghcr.io"] {
+        let why = p.allows_url(&realm, r.trust(&name(wild))).unwrap_err();
+        assert!(why.contains("internal address that was not configured"), "{wild}: {why}");
+    }
+    // Cloud metadata stays out of reach even for a registry the operator named.
+    let metadata = url::Url::parse("http://169.254.169.254/latest/meta-data/iam").unwrap();
+    assert!(p.allows_url(&metadata, r.trust(&name("registry.gitlab.corp"))).is_err());
 }
 
 #[test]

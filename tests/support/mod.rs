@@ -16,7 +16,9 @@ pub mod containerd;
 pub mod fake;
 pub mod image;
 pub mod registry;
+pub mod relay;
 pub mod s3;
+pub mod token;
 
 pub use cache::*;
 pub use certs::*;
@@ -24,7 +26,9 @@ pub use containerd::*;
 pub use fake::*;
 pub use image::*;
 pub use registry::*;
+pub use relay::*;
 pub use s3::*;
+pub use token::*;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -47,6 +47,10 @@ pub struct Registry {
 #[derive(Default)]
 struct Extra {
     htpasswd: Option<String>,
+    /// `auth: token:` settings (realm, service, issuer, root certificate bundle).
+    token: Option<(String, String, String, PathBuf)>,
+    /// `storage: s3:` on an S3-compatible endpoint (endpoint URL, bucket), blob GETs redirected to it.
+    s3: Option<(String, String)>,
     proxy_remote: Option<String>,
     /// (certificate, key) PEM files: serve HTTPS.
     tls: Option<(PathBuf, PathBuf)>,
@@ -60,15 +64,22 @@ impl Registry {
 
     /// Registry with htpasswd (bcrypt, `htpasswd -Bbn`) Basic auth, realm "test-realm".
     pub fn start_with_htpasswd(users: &[(&str, &str)]) -> Registry {
-        let mut file = String::new();
-        for (user, pass) in users {
-            let out = run_ok(Command::new("htpasswd").args(["-Bbn", user, pass]));
-            // `htpasswd -n` prints "user:hash\n\n".
-            let line = String::from_utf8(out.stdout).expect("htpasswd output is UTF-8");
-            file.push_str(line.trim());
-            file.push('\n');
-        }
-        Self::launch(Extra { htpasswd: Some(file), ..Extra::default() })
+        Self::launch(Extra { htpasswd: Some(htpasswd_file(users)), ..Extra::default() })
+    }
+
+    /// Registry with distribution's token auth: clients are sent to `tokens`' realm (which may live
+    /// on another address) and the registry checks the RS256 JWTs it issues against its certificate.
+    pub fn start_with_token_auth(tokens: &super::TokenServer) -> Registry {
+        let token = (tokens.realm(), tokens.service.clone(), tokens.issuer.clone(), tokens.cert_path.clone());
+        Self::launch(Extra { token: Some(token), ..Extra::default() })
+    }
+
+    /// Registry storing in an S3 bucket at `endpoint` (moto, or something in front of it) with
+    /// `redirect: {disable: false}`: blob GETs answer 307 to a presigned URL on `endpoint`, as
+    /// distribution, Harbor and Quay do on MinIO. `users` non-empty adds htpasswd Basic auth.
+    pub fn start_with_s3(endpoint: &str, bucket: &str, users: &[(&str, &str)]) -> Registry {
+        let htpasswd = (!users.is_empty()).then(|| htpasswd_file(users));
+        Self::launch(Extra { htpasswd, s3: Some((endpoint.to_owned(), bucket.to_owned())), ..Extra::default() })
     }
 
     /// Registry serving HTTPS with this certificate and key (PEM). Its access log can't be synced
@@ -92,6 +103,12 @@ impl Registry {
             let path = dir.path().join("htpasswd");
             fs::write(&path, htpasswd).expect("write htpasswd file");
             auth = format!("auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n", path.display());
+        }
+        if let Some((realm, service, issuer, cert)) = &extra.token {
+            auth = format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                cert.display()
+            );
         }
         let proxy = match &extra.proxy_remote {
             Some(url) => format!("proxy:\n  remoteurl: {url}\n"),
@@ -118,8 +135,22 @@ impl Registry {
                 "  accesslog:".into(),
                 "    disabled: false".into(),
                 "storage:".into(),
-                "  filesystem:".into(),
-                format!("    rootdirectory: {}", reg.storage_dir.display()),
+                match &extra.s3 {
+                    Some((endpoint, bucket)) => [
+                        "  s3:",
+                        "    region: us-east-1",
+                        &format!("    bucket: {bucket}"),
+                        &format!("    regionendpoint: {endpoint}"),
+                        "    accesskey: test",
+                        "    secretkey: test",
+                        "    secure: false",
+                        "    v4auth: true",
+                        "  redirect:",
+                        "    disable: false",
+                    ]
+                    .join("\n"),
+                    None => format!("  filesystem:\n    rootdirectory: {}", reg.storage_dir.display()),
+                },
                 "  delete:".into(),
                 "    enabled: true".into(),
                 "  maintenance:".into(),
@@ -278,6 +309,19 @@ impl Drop for Registry {
             let _ = child.wait();
         }
     }
+}
+
+/// An htpasswd file (bcrypt, as `htpasswd -Bbn` writes) for `users`.
+fn htpasswd_file(users: &[(&str, &str)]) -> String {
+    let mut file = String::new();
+    for (user, pass) in users {
+        let out = run_ok(Command::new("htpasswd").args(["-Bbn", user, pass]));
+        // `htpasswd -n` prints "user:hash\n\n".
+        let line = String::from_utf8(out.stdout).expect("htpasswd output is UTF-8");
+        file.push_str(line.trim());
+        file.push('\n');
+    }
+    file
 }
 
 /// Parse one combined-format line:
