@@ -123,6 +123,9 @@ pub async fn run(
         _ = state.cache.downloads_finished() => {}
         _ = &mut deadline => tracing::warn!("shutdown timeout: abandoning running downloads"),
     }
-    state.cache.store().remove_own_temp_files();
+    // Uses recorded in memory become mtimes, so the next process evicts in the same order.
+    state.cache.store().flush_recency().await;
+    let store = state.cache.store().clone();
+    let _ = tokio::task::spawn_blocking(move || store.remove_own_temp_files()).await;
     result
 }

@@ -235,3 +235,61 @@ async fn identical_manifest_requests_share_one_upstream_request() {
     }
     assert_eq!(origin.count("GET", "/manifests/1.0"), 1, "{:?}", origin.requests());
 }
+
+/// Issue #12: `bytes=5-18446744073709551615` is legal (a last-byte-pos past the end means "to the
+/// end") and used to answer with a wrapped Content-Length and a cut connection. Asked of a blob whose
+/// download is still running, through a raw HTTP client that checks every header against the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_past_the_end_and_at_the_edges_of_an_in_flight_blob() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(1 << 20, 8);
+    let n = data.len();
+    // Fault: held mid-way, so every range below is answered from the running download.
+    let digest = origin.add_blob(data.clone(), Fault::HoldAt(256 * 1024));
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let path = format!("/v2/fake.test/some/repo/blobs/{digest}");
+    // Start the download and see its first bytes: the flight is running and its length is known.
+    let starter = reqwest::get(format!("http://{}{path}", cache.addr())).await.unwrap();
+    let mut starter = starter.bytes_stream();
+    starter.next().await.unwrap().unwrap();
+
+    let (addr, p) = (cache.addr(), path.clone());
+    let ask = move |range: &str| {
+        let (addr, p, range) = (addr.clone(), p.clone(), range.to_owned());
+        std::thread::spawn(move || http_begin(&addr, "GET", &p, &[("Range", &range)]).finish())
+    };
+    // Unsatisfiable ranges are refused at once, without waiting for the download.
+    for range in ["bytes=-0".to_owned(), format!("bytes={n}-")] {
+        let r = ask(&range).join().unwrap();
+        assert_eq!(r.status, 416, "{range}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes */{n}").as_str()), "{range}");
+    }
+    let (a, p) = (cache.addr(), path.clone());
+    let begin = move |range: &'static str| {
+        let (a, p) = (a.clone(), p.clone());
+        tokio::task::spawn_blocking(move || http_begin(&a, "GET", &p, &[("Range", range)]))
+    };
+    let pending = [
+        begin("bytes=5-18446744073709551615").await.unwrap(),
+        begin("bytes=0-0").await.unwrap(),
+        begin("bytes=-1").await.unwrap(),
+        begin("bytes=5-99999999999999999999999999").await.unwrap(),
+    ];
+    // Every answer's head arrived while the origin still holds: each joined the running download.
+    assert!(pending.iter().all(|p| p.status() == 206));
+    assert_eq!(origin.count("GET", &digest), 1);
+    origin.release();
+    let got: Vec<HttpResponse> =
+        tokio::task::spawn_blocking(move || pending.map(HttpPending::finish).into()).await.unwrap();
+    let expect = [(5, n), (0, 1), (n - 1, n), (5, n)];
+    for (r, (start, end)) in got.iter().zip(expect) {
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range"), Some(format!("bytes {start}-{}/{n}", end - 1).as_str()));
+        assert_eq!(r.header("content-length"), Some((end - start).to_string().as_str()));
+        assert!(r.body == data[start..end], "body of bytes {start}-{} differs", end - 1);
+    }
+    while let Some(c) = starter.next().await {
+        c.unwrap();
+    }
+    assert_eq!(origin.count("GET", &digest), 1);
+}

@@ -358,3 +358,198 @@ fn docker_schema2_and_index_keep_bytes_and_media_types_per_accept() {
         assert_eq!(r.body, m.manifest);
     }
 }
+
+/// Uploads `data` as a blob of `repo` with the distribution API's monolithic upload (POST, then PUT
+/// with the digest), which is how a push client stores a blob no image build produces.
+fn upload_blob(registry: &Registry, repo: &str, data: &[u8]) -> String {
+    assert!(data.is_empty(), "this raw client sends no body");
+    let digest = sha256_digest(data);
+    let r = http_request(&registry.addr(), "POST", &format!("/v2/{repo}/blobs/uploads/"), &[("Content-Length", "0")]);
+    assert_eq!(r.status, 202, "{r:?}");
+    let location = r.header("location").unwrap();
+    let location = location.split_once(&registry.addr()).map_or(location, |(_, p)| p);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = format!("{location}{sep}digest={digest}");
+    let r = http_request(&registry.addr(), "PUT", &put, &[("Content-Length", "0")]);
+    assert_eq!(r.status, 201, "{r:?}");
+    digest
+}
+
+/// Issue #12: ranges on stored blobs as RFC 9110 defines them, through a raw HTTP client that sees
+/// exactly what was sent: a last-byte-pos past the end (even past u64) is clamped, single bytes at
+/// both ends, unsatisfiable ranges get 416 with `bytes */size`, a HEAD ignores Range, and a
+/// zero-length blob never gets a partial answer.
+#[test]
+fn ranges_on_stored_blobs_follow_rfc_9110_up_to_u64_max() {
+    let upstream = Registry::start();
+    let (_d, img) = push_image(&upstream, "test/ranges", "1", 90);
+    let empty = upload_blob(&upstream, "test/ranges", b"");
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+    let blob = img.layer_blobs[1].clone();
+    let n = blob.len();
+    let path = format!("/v2/one.test/test/ranges/blobs/{}", img.layer_digests[1]);
+    let r = http_request(&cache.addr(), "GET", &path, &[]);
+    assert_eq!((r.status, &r.body), (200, &blob));
+    assert_eq!(cache.stored_blobs().len(), 1);
+    let asks = upstream.count("GET", "/blobs/");
+
+    let partial = [
+        ("bytes=5-18446744073709551615", 5, n),
+        ("bytes=5-18446744073709551616", 5, n),
+        ("bytes=0-18446744073709551615", 0, n),
+        ("bytes=0-0", 0, 1),
+        ("bytes=-1", n - 1, n),
+        ("bytes=-18446744073709551615", 0, n),
+        (&*format!("bytes={}-", n - 1), n - 1, n),
+        (&*format!("bytes=0-{}", n - 1), 0, n),
+    ];
+    for (range, start, end) in partial {
+        let r = http_request(&cache.addr(), "GET", &path, &[("Range", range)]);
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes {start}-{}/{n}", end - 1).as_str()), "{range}");
+        assert_eq!(r.header("content-length"), Some((end - start).to_string().as_str()), "{range}");
+        assert!(r.body == blob[start..end], "{range}: body differs");
+    }
+    for range in ["bytes=-0".to_owned(), format!("bytes={n}-"), "bytes=18446744073709551615-".to_owned()] {
+        let r = http_request(&cache.addr(), "GET", &path, &[("Range", &range)]);
+        assert_eq!(r.status, 416, "{range}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes */{n}").as_str()), "{range}");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "RANGE_INVALID", "{range}");
+    }
+    // Several ranges or bad syntax: the whole blob, as RFC 9110 allows.
+    for range in ["bytes=0-1,5-6", "bytes=+1-2", "bytes=9-3", "pages=1-2"] {
+        let r = http_request(&cache.addr(), "GET", &path, &[("Range", range)]);
+        assert_eq!((r.status, r.header("content-range")), (200, None), "{range}");
+        assert!(r.body == blob, "{range}: body differs");
+    }
+    // Range is defined for GET only: a HEAD describes the whole blob.
+    let r = http_request(&cache.addr(), "HEAD", &path, &[("Range", "bytes=5-9")]);
+    assert_eq!((r.status, r.header("content-length"), r.header("content-range")), (200, Some(&*n.to_string()), None));
+
+    // A zero-length blob, from the origin and then stored.
+    let path = format!("/v2/one.test/test/ranges/blobs/{empty}");
+    for _ in 0..2 {
+        let r = http_request(&cache.addr(), "GET", &path, &[]);
+        assert_eq!((r.status, r.header("content-length"), r.body.len()), (200, Some("0"), 0));
+        for (range, status) in [("bytes=0-", 416), ("bytes=0-0", 416), ("bytes=-0", 416), ("bytes=-1", 200)] {
+            let r = http_request(&cache.addr(), "GET", &path, &[("Range", range)]);
+            assert_eq!(r.status, status, "{range}");
+            if status == 416 {
+                assert_eq!(r.header("content-range"), Some("bytes */0"));
+            } else {
+                assert_eq!((r.header("content-length"), r.header("content-range")), (Some("0"), None));
+                assert!(r.body.is_empty());
+            }
+        }
+        assert_eq!(cache.stored_blobs().len(), 2);
+    }
+    assert_eq!(upstream.count("GET", "/blobs/"), asks + 1, "only the empty blob was fetched");
+}
+
+/// The answers a running cache sends for random Range headers agree with themselves and with the
+/// blob: a 206's `Content-Range` and `Content-Length` describe exactly the bytes in its body, a 200
+/// sends the whole blob, a 416 names the size. Bounded (a few hundred requests) so it takes seconds.
+#[test]
+fn random_range_headers_get_answers_whose_headers_match_their_bytes() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let upstream = Registry::start();
+    let (_d, img) = push_image(&upstream, "test/ranges", "1", 91);
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+    let blob = img.layer_blobs[1].clone();
+    let n = blob.len() as u64;
+    let path = format!("/v2/one.test/test/ranges/blobs/{}", img.layer_digests[1]);
+    assert_eq!(http_request(&cache.addr(), "GET", &path, &[]).body, blob);
+    assert_eq!(cache.stored_blobs().len(), 1);
+
+    let num = prop_oneof![
+        3 => (0..n + 10).prop_map(|v| v.to_string()),
+        2 => (n - 10..n + 10).prop_map(|v| v.to_string()),
+        1 => any::<u64>().prop_map(|v| v.to_string()),
+        1 => Just(u64::MAX.to_string()),
+        1 => Just("99999999999999999999999".to_owned()),
+        1 => Just(String::new()),
+    ];
+    let header = prop_oneof![
+        8 => (num.clone(), num).prop_map(|(a, b)| format!("bytes={a}-{b}")),
+        1 => "bytes=[0-9,-]{0,12}",
+        1 => "[ -~]{0,30}",
+    ];
+    let mut runner = TestRunner::new(Config { cases: 300, ..Config::default() });
+    let (partial, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    runner
+        .run(&header, |h| {
+            let r = http_request(&cache.addr(), "GET", &path, &[("Range", h.trim())]);
+            let len: u64 = r.header("content-length").unwrap().parse().unwrap();
+            prop_assert_eq!(len, r.body.len() as u64);
+            match r.status {
+                200 => prop_assert!(r.body == blob && r.header("content-range").is_none(), "{h:?}"),
+                206 => {
+                    partial.set(partial.get() + 1);
+                    let cr = r.header("content-range").unwrap();
+                    let (range, size) = cr.strip_prefix("bytes ").unwrap().split_once('/').unwrap();
+                    let (a, b) = range.split_once('-').unwrap();
+                    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+                    prop_assert_eq!(size, n.to_string());
+                    prop_assert!(a <= b && b < n, "{h:?}: {cr}");
+                    prop_assert_eq!(len, b - a + 1);
+                    prop_assert!(r.body == blob[a as usize..=b as usize], "{h:?}: body differs");
+                }
+                416 => {
+                    refused.set(refused.get() + 1);
+                    let expected = format!("bytes */{n}");
+                    prop_assert_eq!(r.header("content-range"), Some(expected.as_str()));
+                }
+                s => prop_assert!(false, "{h:?}: status {s}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The generator really exercised all three answers.
+    let (partial, refused) = (partial.get(), refused.get());
+    assert!(partial > 50 && refused > 10, "{partial} partial, {refused} refused");
+}
+
+/// Issue #12: every pull of an unchanged `:latest` (revalidated each time: `latest` is a skip-tag by
+/// default) rewrote its tag file, two fsyncs on the request path. Now the file is left alone while
+/// the tag does not move, and rewritten when it does.
+#[test]
+fn pulling_an_unchanged_latest_again_leaves_its_tag_file_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let upstream = Registry::start();
+    let (_d, _img) = push_image(&upstream, "test/app", "latest", 21);
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+    let pull = || {
+        let d = tempfile::tempdir().unwrap();
+        let src = format!("docker://{}/one.test/test/app:latest", cache.addr());
+        assert_success(&skopeo_copy_to_dir(&src, d.path(), &[]), "pull");
+        d
+    };
+    let tag_files = || {
+        let mut v: Vec<_> = files_under(&cache.dir.join("tags"))
+            .into_iter()
+            .map(|p| {
+                let m = std::fs::metadata(&p).unwrap();
+                (m.ino(), m.modified().unwrap(), std::fs::read(&p).unwrap(), p)
+            })
+            .collect();
+        v.sort_by(|a, b| a.3.cmp(&b.3));
+        v
+    };
+    pull();
+    let first = tag_files();
+    assert!(!first.is_empty());
+    for n in 1..=3 {
+        let heads = upstream.count("HEAD", "/manifests/latest");
+        pull();
+        assert!(upstream.count("HEAD", "/manifests/latest") > heads, "pull {n} did not revalidate");
+        assert_eq!(tag_files(), first, "pull {n} rewrote an unchanged tag file");
+    }
+    // The tag moves upstream: the next pull gets the new image and the file says so.
+    let (_d2, img2) = push_image(&upstream, "test/app", "latest", 22);
+    let dest = pull();
+    assert_same_image(dest.path(), &img2);
+    let moved = tag_files();
+    assert!(moved.iter().any(|(.., bytes, _)| String::from_utf8_lossy(bytes).contains(&img2.manifest_digest)));
+}

@@ -16,6 +16,7 @@ fn args(endpoint: &str, registries: &[&str], default: bool, format: HostsFormat)
         default,
         dir: None,
         format,
+        dial_timeout: std::time::Duration::from_secs(2),
     }
 }
 
@@ -62,6 +63,9 @@ fn generated_hosts_files_send_containerd_pulls_through_the_cache() {
     assert!(default_toml.contains(&format!("[host.\"{endpoint}\"]")), "{default_toml}");
     assert!(default_toml.contains("capabilities = [\"pull\", \"resolve\"]"), "{default_toml}");
     assert!(!default_toml.contains("server ="), "{default_toml}");
+    // containerd 2.1+ reads it; the containerd here (1.6) must accept the file with it all the same,
+    // which the pulls below prove.
+    assert!(default_toml.contains("  dial_timeout = \"2000ms\"\n"), "{default_toml}");
     let one_toml = std::fs::read_to_string(&one_path).unwrap();
     assert!(one_toml.contains("server = \"https://one.test\"\n"), "{one_toml}");
     assert!(one_toml.contains(&format!("[host.\"{endpoint}\"]")), "{one_toml}");
@@ -202,6 +206,119 @@ fn podman_output_mirrors_each_registry_by_path() {
     let written = std::fs::read_to_string(tmp.path().join("registries.conf")).unwrap();
     assert!(written.contains("location = \"cache.local:3000/quay.io\""), "{written}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("registries.conf"));
+}
+
+#[test]
+fn dial_timeout_is_set_per_cache_entry_or_left_out() {
+    let mut a = args("http://cache.local:3000", &["ghcr.io"], true, HostsFormat::Containerd);
+    a.dial_timeout = std::time::Duration::from_millis(500);
+    let r = render(&a).unwrap();
+    for f in &r.files {
+        let v: toml::Value = toml::from_str(&f.contents).unwrap();
+        assert_eq!(v["host"]["http://cache.local:3000"]["dial_timeout"].as_str(), Some("500ms"), "{}", f.contents);
+        assert!(v.get("dial_timeout").is_none(), "never on the origin fallback (`server`): {}", f.contents);
+    }
+    a.dial_timeout = std::time::Duration::ZERO;
+    let r = render(&a).unwrap();
+    assert!(r.files.iter().all(|f| !f.contents.contains("dial_timeout")), "{:?}", r.files);
+    assert!(r.notes.iter().any(|n| n.contains("use_local_image_pull")), "{:?}", r.notes);
+}
+
+#[test]
+fn ipv6_endpoints_and_registries_make_valid_hosts_files() {
+    let r = render(&args("http://[fd00::1]:3000", &["[fd00::5]:5000"], true, HostsFormat::Containerd)).unwrap();
+    let paths: Vec<String> = r.files.iter().map(|f| f.path.display().to_string()).collect();
+    assert_eq!(paths, ["_default/hosts.toml", "[fd00::5]:5000/hosts.toml"]);
+    for f in &r.files {
+        let v: toml::Value = toml::from_str(&f.contents).unwrap_or_else(|e| panic!("{e}\n{}", f.contents));
+        assert!(v["host"].get("http://[fd00::1]:3000").is_some(), "{}", f.contents);
+    }
+    let v: toml::Value = toml::from_str(file(&r, "[fd00::5]:5000/hosts.toml")).unwrap();
+    assert_eq!(v["server"].as_str(), Some("https://[fd00::5]:5000"));
+}
+
+/// containerd before 2.0 reads hosts.toml with a TOML parser that refuses `]` inside a quoted table
+/// key, so a mirror at an IPv6 literal (`[host."http://[fd00::1]:3000"]`) makes it ignore the whole
+/// file; 2.0+ reads it. `ocicache hosts` says so; this checks what the containerd installed here does.
+#[test]
+fn an_ipv6_cache_address_works_with_containerd_2_and_is_flagged_for_older_ones() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("data.bin", random_bytes(20_000, 61))]);
+    push(&img.layout, "1", &format!("{}/test/img:1", registry.addr()), Format::Oci, None);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    // The registry is pulled under its own address (no name lookup anywhere), through the cache when
+    // containerd reads the file; its fallback is rewritten to a closed port.
+    let name = registry.addr();
+    let mut child = ocicache_bin()
+        .args(["--listen", "::1", "--port", &port.to_string(), "--upstream", &format!("{name}={}", registry.url())])
+        .arg("--cache-dir")
+        .arg(cache_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let addr = format!("[::1]:{port}");
+    poll_until(DEFAULT_TIMEOUT, "the cache listens on [::1]", || std::net::TcpStream::connect(&addr).is_ok());
+
+    let ctrd = Containerd::start();
+    let out = run_ok(
+        ocicache_bin()
+            .args(["hosts", "--endpoint", &format!("http://{addr}"), "--registry", &name, "--dir"])
+            .arg(&ctrd.hosts_dir),
+    );
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(notes.contains("IPv6") && notes.contains("containerd before 2.0"), "{notes}");
+    let path = ctrd.hosts_dir.join(&name).join("hosts.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let closed = text
+        .replace(&format!("server = \"https://{name}\""), &format!("server = \"http://127.0.0.1:{}\"", closed_port()));
+    assert_ne!(closed, text);
+    std::fs::write(&path, closed).unwrap();
+
+    let out = ctrd.pull(&format!("{name}/test/img:1"), &[]);
+    let log_text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let version =
+        String::from_utf8_lossy(&run_ok(std::process::Command::new("containerd").arg("--version")).stdout).into_owned();
+    let major: u32 = version
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok())
+        .unwrap_or(0);
+    if major >= 2 {
+        assert_success(&out, &format!("ctr pull through http://{addr}; cache log:\n{log_text}"));
+        assert!(ctrd.content().contains(&img.layer_digests[0]));
+    } else {
+        // The file is ignored whole: the pull goes to the registry itself (here reachable, being
+        // its own address), never to the cache.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("failed to decode hosts.toml"), "containerd {version}: {stderr}");
+        assert!(!log_text.contains("test/img"), "containerd {version} reached the cache after all: {log_text}");
+    }
+}
+
+#[test]
+fn a_config_path_with_several_directories_writes_the_first_and_names_what_it_shadows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("containerd-certs.d"), tmp.path().join("docker-certs.d"));
+    std::fs::create_dir_all(second.join("ghcr.io")).unwrap();
+    std::fs::write(second.join("ghcr.io/hosts.toml"), "server = \"https://ghcr.io\"\n").unwrap();
+    std::fs::create_dir_all(second.join("not-a-registry-dir")).unwrap();
+    let config_path = format!("{}:{}", first.display(), second.display());
+    let out = run_ok(ocicache_bin().args(["hosts", "--endpoint", "http://cache.local:3000", "--dir", &config_path]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.join("_default/hosts.toml").is_file(), "{stderr}");
+    assert!(!second.join("_default").exists(), "only the first directory is written");
+    assert!(stderr.contains("the files go into the first"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: this registry directory is no longer used for ghcr.io", second.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-a-registry-dir"), "{stderr}");
 }
 
 #[test]

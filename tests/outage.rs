@@ -123,8 +123,13 @@ fn an_origin_answering_503_is_served_stale_and_its_error_passed_on_otherwise() {
     let r = get_manifest(&cache, "/v2/fake.test/app/manifests/1.0");
     assert_eq!((r.status, r.body.as_slice()), (200, manifest));
     assert!(r.header("warning").is_some());
+    // Never cached, and the origin still failing: its failure (the origin's 503, or, while the
+    // circuit is open and a probe is not due, a fresh 502 naming the last failure) is passed on.
+    origin.add_manifest("9.9", manifest, ACCEPT_OCI, Fault::Status(503, vec![]));
     let never = get_manifest(&cache, "/v2/fake.test/app/manifests/9.9");
-    assert_eq!(never.status, 502, "circuit open after the 503: a fast failure, not a new dial");
+    assert!(matches!(never.status, 502 | 503), "{}", never.status);
+    let v: serde_json::Value = serde_json::from_slice(&never.body).unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
 }
 
 #[test]
@@ -235,4 +240,162 @@ fn offline_mode_serves_a_warm_cache_with_zero_upstream_requests() {
     assert!(cold.status >= 500);
     assert!(String::from_utf8_lossy(&cold.body).contains("offline"));
     assert!(upstream.requests_since(mark).is_empty(), "offline mode contacted the origin");
+}
+
+/// Sends requests (a cold manifest and cold blobs, several at once) until `until` has passed, as
+/// nodes keep pulling through an outage; each must fail cleanly with a 5xx OCI error.
+fn keep_asking_while_down(cache_addr: &str, paths: &[String], until: std::time::Instant) {
+    std::thread::scope(|s| {
+        for path in paths {
+            s.spawn(move || {
+                while std::time::Instant::now() < until {
+                    let r = http_request(cache_addr, "GET", path, &[("Accept", ACCEPT_OCI)]);
+                    assert!(r.status >= 500, "{path} answered {} while the origin is down", r.status);
+                    // Pacing of the simulated traffic (a request per 100 ms per path), not synchronisation.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+        }
+    });
+}
+
+/// Polls `path` until it answers 200; returns how long that took from the first attempt.
+fn time_until_served(cache_addr: &str, path: &str) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    poll_until(std::time::Duration::from_secs(10), &format!("{path} to be served"), || {
+        http_request(cache_addr, "GET", path, &[("Accept", ACCEPT_OCI)]).status == 200
+    });
+    start.elapsed()
+}
+
+#[test]
+fn the_only_endpoint_back_after_45s_of_failing_requests_is_used_within_a_second() {
+    let mut upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "1", 40);
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    // The default --endpoint-backoff (30s): the behaviour users get.
+    let cache = Cache::start(&["--upstream", &format!("one.test={}", upstream.url())]);
+
+    upstream.stop();
+    let mut paths = vec!["/v2/one.test/test/img/manifests/1".to_owned()];
+    paths.extend(img.blob_digests().iter().map(|d| format!("/v2/one.test/test/img/blobs/{d}")));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    keep_asking_while_down(&cache.addr(), &paths, until);
+    let refused = get_manifest(&cache, &paths[0]);
+    assert_eq!(refused.status, 502);
+    let v: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+
+    upstream.restart();
+    let took = time_until_served(&cache.addr(), &paths[0]);
+    assert!(took <= std::time::Duration::from_secs(1), "manifest served {took:?} after the origin came back");
+    assert_eq!(get_manifest(&cache, &paths[0]).body, img.manifest);
+    for path in &paths[1..] {
+        let r = http_request(&cache.addr(), "GET", path, &[]);
+        assert_eq!(r.status, 200, "{path} after the origin came back");
+    }
+    let ep = format!("ocicache_endpoint_circuit_open{{registry=\"one.test\",endpoint=\"{}/\"}}", upstream.url());
+    assert_eq!(cache.metric(&ep), 0.0, "circuit still reported open");
+}
+
+#[test]
+fn cold_blobs_after_a_kill_9_and_restart_during_an_outage_are_served_within_a_second_of_recovery() {
+    let mut upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layers: Vec<LayerSpec> =
+        (0..30).map(|i| LayerSpec::file(&format!("layer{i}.bin"), random_bytes(20_000, 500 + i))).collect();
+    let img = build_image(dir.path(), "1", "amd64", &layers);
+    push(&img.layout, "1", &format!("{}/test/big:1", upstream.addr()), Format::Oci, None);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache_dir = cache_dir.path().display().to_string();
+    let args = ["--cache-dir", cache_dir.as_str(), "--upstream", &format!("one.test={}", upstream.url())];
+
+    // A first process caches the manifest, then dies with SIGKILL (no clean shutdown).
+    let first = CacheProcess::spawn(&args);
+    let first_addr = format!("127.0.0.1:{}", first.port);
+    assert_eq!(
+        http_request(&first_addr, "GET", "/v2/one.test/test/big/manifests/1", &[("Accept", ACCEPT_OCI)]).status,
+        200
+    );
+    upstream.stop();
+    drop(first); // Child::kill sends SIGKILL
+
+    // Restarted on the same directory while the origin is down; all 30 blobs are asked for at once.
+    let second = CacheProcess::spawn(&args);
+    let addr = format!("127.0.0.1:{}", second.port);
+    let blobs: Vec<String> = img.blob_digests().iter().map(|d| format!("/v2/one.test/test/big/blobs/{d}")).collect();
+    assert!(blobs.len() >= 30);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    keep_asking_while_down(&addr, &blobs, until);
+
+    upstream.restart();
+    let took = time_until_served(&addr, &blobs[0]);
+    assert!(took <= std::time::Duration::from_secs(1), "first blob served {took:?} after the origin came back");
+    std::thread::scope(|s| {
+        for path in &blobs {
+            let addr = &addr;
+            s.spawn(move || {
+                let r = http_request(addr, "GET", path, &[]);
+                assert_eq!(r.status, 200, "{path} right after the origin answered again");
+            });
+        }
+    });
+}
+
+#[test]
+fn during_a_429_hold_uncached_content_gets_429_with_the_remaining_retry_after() {
+    // Fault: the fake origin answers 429 with Retry-After for a manifest and a blob.
+    let origin = FakeOrigin::start();
+    let limited = Fault::Status(429, vec![("Retry-After".into(), "5".into())]);
+    origin.add_manifest("1.0", MANIFEST, ACCEPT_OCI, limited.clone());
+    let blob = origin.add_blob(random_bytes(1000, 7), limited);
+    // A second endpoint that refuses connections: its failure must not hide the rate limit.
+    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let cache = Cache::start(&["--upstream", &format!("fake.test={},{dead}", origin.url())]);
+
+    let check = |r: &HttpResponse, limit: u64| -> u64 {
+        assert_eq!(r.status, 429, "{:?}", String::from_utf8_lossy(&r.body));
+        if !r.body.is_empty() {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+        }
+        let secs: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+        assert!(secs >= 1 && secs <= limit, "Retry-After {secs}, expected at most {limit}");
+        secs
+    };
+    // The origin's own 429 (the dead second endpoint was tried too).
+    check(&get_manifest(&cache, "/v2/fake.test/app/manifests/1.0"), 5);
+    let asked = origin.requests().len();
+    // During the hold: neither a manifest nor a blob (GET or HEAD) is asked for, all get 429.
+    let blob_path = format!("/v2/fake.test/app/blobs/{blob}");
+    let first = check(&http_request(&cache.addr(), "GET", &blob_path, &[]), 5);
+    let head = http_request(&cache.addr(), "HEAD", &blob_path, &[]);
+    assert!(head.body.is_empty());
+    check(&head, 5);
+    // The remaining time counts down.
+    poll_until(std::time::Duration::from_secs(4), "Retry-After to count down", || {
+        check(&get_manifest(&cache, "/v2/fake.test/app/manifests/1.0"), first) < first
+    });
+    assert_eq!(origin.requests().len(), asked, "the origin was asked during its Retry-After");
+}
+
+#[test]
+fn a_rate_limiting_mirror_does_not_stop_pulls_from_the_next_endpoint() {
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (image(dir.path(), "a", 41), image(dir.path(), "b", 42));
+    push(&a.layout, "a", &format!("{}/test/a:1", upstream.addr()), Format::Oci, None);
+    push(&b.layout, "b", &format!("{}/test/b:1", upstream.addr()), Format::Oci, None);
+    // Fault: the first endpoint (a mirror) answers every manifest with 429 and a long Retry-After.
+    let mirror = FakeOrigin::start();
+    let limited = Fault::Status(429, vec![("Retry-After".into(), "600".into())]);
+    mirror.add_manifest("1", MANIFEST, ACCEPT_OCI, limited);
+    let cache = Cache::start(&["--upstream", &format!("two.test={},{}", mirror.url(), upstream.url())]);
+
+    assert_eq!(get_manifest(&cache, "/v2/two.test/test/a/manifests/1").body, a.manifest);
+    let asked = mirror.requests().len();
+    // The mirror is on hold; the registry is not: the next endpoint serves.
+    assert_eq!(get_manifest(&cache, "/v2/two.test/test/b/manifests/1").body, b.manifest);
+    assert_eq!(mirror.requests().len(), asked, "the mirror was asked during its Retry-After");
 }

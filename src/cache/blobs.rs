@@ -111,8 +111,8 @@ impl Cache {
     }
 
     async fn head_blob(&self, req: &BlobRequest<'_>) -> Result<BlobAnswer, Error> {
-        if let Some(size) = self.store.blob_size(req.digest) {
-            self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest)).await?;
+        if let Some(size) = self.store.blob_size(req.digest).await {
+            self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest).await).await?;
             return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
         }
         if let Some(size) = self.remote_blob(req).await? {
@@ -150,17 +150,21 @@ impl Cache {
         // Content of a private registry is fetched with the cache's credentials, so the client
         // proves its own access before anything is served or fetched.
         self.confirm_if_private(req, false).await?;
-        if self.store.blob_size(req.digest).is_none() && self.flights.get(req.digest).is_none() {
+        if self.store.remote().is_some()
+            && self.flights.get(req.digest).is_none()
+            && self.store.blob_size(req.digest).await.is_none()
+        {
             if let Some(size) = self.remote_blob(req).await? {
                 return Ok(BlobAnswer::Remote { size });
             }
         }
         let label = req.target.registry.to_string();
         let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), Identity::Cache);
-        let (flight, started) = match self.flights.join_or_start(req.digest, &label, open, req.private_registry)? {
+        let (flight, started) = match self.flights.join_or_start(req.digest, &label, open, req.private_registry).await?
+        {
             Joined::Stored { file, size } => {
                 if !req.private_registry {
-                    self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest)).await?;
+                    self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest).await).await?;
                 }
                 return Ok(BlobAnswer::Stored { file, size });
             }
@@ -176,7 +180,7 @@ impl Cache {
                 // The origin wants credentials: fetch with the client's, store it as private.
                 let identity = Identity::Client(req.client_auth.cloned());
                 let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), identity);
-                let private = self.flights.private(req.digest, &label, open)?;
+                let private = self.flights.private(req.digest, &label, open).await?;
                 let size = private.started().await.map_err(Error::Shared)?;
                 Ok(BlobAnswer::Flight { flight: private, size, started: true })
             }

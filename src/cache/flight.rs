@@ -84,6 +84,10 @@ pub struct Flights {
     store: FsStore,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<Digest, Arc<Flight>>>,
+    /// Flights that have left `inflight` (each after its commit). A request that found neither a
+    /// stored blob nor a flight, and sees this unchanged when it takes the lock to start one, knows no
+    /// download of its digest was committed in between (see `join_or_start`).
+    departed: std::sync::atomic::AtomicU64,
 }
 
 impl Flights {
@@ -96,6 +100,7 @@ impl Flights {
             store,
             metrics,
             inflight: Mutex::default(),
+            departed: Default::default(),
         })
     }
 
@@ -117,43 +122,79 @@ impl Flights {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
     }
 
-    /// Returns the stored blob, joins the running flight, or starts one with `opener`. The store and the
-    /// flight table are checked under one lock, and a flight leaves the table only after its commit, so
-    /// no request can miss both and start a second download.
+    /// Returns the stored blob, joins the running flight, or starts one with `opener`.
+    ///
+    /// No file is touched under the table's lock (a slow disk would stall every blob request): the
+    /// store is looked at and the temp file created first, then the lock is taken only to join or
+    /// insert. A flight leaves the table only after its commit and counts itself out in `departed`,
+    /// so if no flight departed between the store lookup and the insert, the blob cannot have been
+    /// committed in between and this is the only download of it; otherwise the store is looked at
+    /// again.
     /// `private`: the blob is stored marked private (content of a `--private-registry`).
-    pub fn join_or_start(
+    pub async fn join_or_start(
         self: &Arc<Self>,
         digest: &Digest,
         origin: &str,
         opener: Opener,
         private: bool,
     ) -> io::Result<Joined> {
-        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = map.get(digest) {
-            return Ok(Joined::Flight { flight: f.clone(), started: false });
+        let mut temp: Option<crate::store::fs::TempFile> = None;
+        loop {
+            let departed = self.departed.load(std::sync::atomic::Ordering::SeqCst);
+            if let Some(flight) = self.get(digest) {
+                discard(temp);
+                return Ok(Joined::Flight { flight, started: false });
+            }
+            match self.store.open_blob(digest).await {
+                Ok(Some((file, size))) => {
+                    discard(temp);
+                    return Ok(Joined::Stored { file, size });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    discard(temp);
+                    return Err(e);
+                }
+            }
+            let t = match temp.take() {
+                Some(t) => t,
+                None => self.store.temp_file().await?,
+            };
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = map.get(digest) {
+                let flight = f.clone();
+                drop(map);
+                discard(Some(t));
+                return Ok(Joined::Flight { flight, started: false });
+            }
+            if self.departed.load(std::sync::atomic::Ordering::SeqCst) != departed {
+                // A download finished meanwhile, perhaps of this blob: look at the store again.
+                drop(map);
+                temp = Some(t);
+                continue;
+            }
+            let flight = self.launch(digest, origin, opener, Commit::Shared { private }, t)?;
+            map.insert(digest.clone(), flight.clone());
+            return Ok(Joined::Flight { flight, started: true });
         }
-        if let Some((file, size)) = self.store.open_blob(digest)? {
-            return Ok(Joined::Stored { file, size });
-        }
-        let flight = self.launch(digest, origin, opener, Commit::Shared { private })?;
-        map.insert(digest.clone(), flight.clone());
-        Ok(Joined::Flight { flight, started: true })
     }
 
     /// A download for one client, with its own credentials: not shared with other clients while it
     /// runs, and stored marked private so later readers must prove access.
-    pub fn private(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Arc<Flight>> {
-        self.launch(digest, origin, opener, Commit::Unlisted)
+    pub async fn private(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Arc<Flight>> {
+        let temp = self.store.temp_file().await?;
+        self.launch(digest, origin, opener, Commit::Unlisted, temp)
     }
 
+    /// Starts the download task into `temp` (created by the caller, outside any lock).
     fn launch(
         self: &Arc<Self>,
         digest: &Digest,
         origin: &str,
         opener: Opener,
         commit: Commit,
+        temp: crate::store::fs::TempFile,
     ) -> io::Result<Arc<Flight>> {
-        let temp = self.store.temp_file()?;
         let reader = temp.file.try_clone()?;
         let (tx, rx) = watch::channel(Progress::Connecting);
         let private = !matches!(commit, Commit::Shared { private: false });
@@ -173,7 +214,8 @@ impl Flights {
         tokio::spawn(async move {
             let _permit = flights.downloads.clone().acquire_owned().await;
             flights.metrics.inflight_downloads.inc();
-            let result = download(&flights.store, &origin, &announced, opener, temp.file, &tx, &flights.metrics).await;
+            let file = Arc::new(temp.file);
+            let result = download(&flights.store, &origin, &announced, opener, file, &tx, &flights.metrics).await;
             drop(announced);
             match result {
                 Ok((total, file)) => {
@@ -194,17 +236,19 @@ impl Flights {
                                 Ok(()) => remote.put_blob_file(&digest, &temp.path).await,
                                 Err(e) => Err(e),
                             };
-                            let _ = std::fs::remove_file(&temp.path);
+                            remove_file(temp.path.clone()).await;
                             uploaded.map_err(io::Error::other)
                         }
                         None => {
                             let (store, path, d) = (flights.store.clone(), temp.path.clone(), digest.clone());
-                            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                                file.sync_all()?;
-                                if private {
-                                    store.mark_private(ContentKind::Blob, &d)?;
-                                }
-                                store.commit_blob(&path, &d)
+                            tokio::task::spawn_blocking(move || {
+                                crate::store::fs::blocking_section(|| -> std::io::Result<()> {
+                                    file.sync_all()?;
+                                    if private {
+                                        store.mark_private_blocking(ContentKind::Blob, &d)?;
+                                    }
+                                    store.commit_blob_blocking(&path, &d)
+                                })
                             })
                             .await
                             .unwrap_or_else(|e| Err(io::Error::other(e)))
@@ -213,13 +257,13 @@ impl Flights {
                     match committed {
                         Ok(()) => tracing::debug!(%digest, bytes = total, private, "blob stored"),
                         Err(e) => {
-                            let _ = std::fs::remove_file(&temp.path);
+                            remove_file(temp.path.clone()).await;
                             tracing::warn!(%digest, error = %e, "verified blob could not be stored; it was served, not kept");
                         }
                     }
                 }
                 Err(e) => {
-                    let _ = std::fs::remove_file(&temp.path);
+                    remove_file(temp.path.clone()).await;
                     tracing::warn!(%digest, error = %e, "blob download failed; nothing stored");
                     tx.send_replace(Progress::Failed(Arc::new(e)));
                 }
@@ -227,6 +271,7 @@ impl Flights {
             if matches!(commit, Commit::Shared { .. }) {
                 let mut map = flights.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 map.remove(&digest);
+                flights.departed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             flights.metrics.inflight_downloads.dec();
             if flights.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
@@ -246,18 +291,39 @@ enum Commit {
     Unlisted,
 }
 
+/// Removes a temp file off the async workers (best effort: a leftover is removed at the next start).
+async fn remove_file(path: std::path::PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+}
+
+/// Drops a temp file prepared for a download that another request started first.
+fn discard(temp: Option<crate::store::fs::TempFile>) {
+    if let Some(t) = temp {
+        drop(t.file);
+        tokio::spawn(remove_file(t.path));
+    }
+}
+
+/// `pwrite` of a whole chunk, on the blocking pool (a write can wait on the disk for a long time).
+async fn pwrite(file: &Arc<File>, bytes: &Bytes, offset: u64) -> io::Result<()> {
+    let (file, bytes) = (file.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
 /// Writes a chunk at its offset. When the disk is full, asks for an eviction pass and tries once
 /// more (the write is positioned, so a partial first attempt is simply overwritten).
 /// `need`: bytes still to be written for this blob, so eviction frees enough at once.
 async fn write_at(
     store: &FsStore,
     digest: &Digest,
-    file: &File,
-    bytes: &[u8],
+    file: &Arc<File>,
+    bytes: &Bytes,
     offset: u64,
     need: u64,
 ) -> io::Result<()> {
-    match file.write_all_at(bytes, offset) {
+    match pwrite(file, bytes, offset).await {
         Err(e) if e.kind() == io::ErrorKind::StorageFull => {
             tracing::warn!(%digest, "disk full while storing a blob: evicting, then retrying");
             let seen = store.usage().passes();
@@ -266,7 +332,7 @@ async fn write_at(
             if waited.is_err() {
                 return Err(e);
             }
-            file.write_all_at(bytes, offset)
+            pwrite(file, bytes, offset).await
         }
         other => other,
     }
@@ -280,10 +346,10 @@ async fn download(
     origin: &str,
     flight: &Flight,
     opener: Opener,
-    file: File,
+    file: Arc<File>,
     tx: &watch::Sender<Progress>,
     metrics: &Metrics,
-) -> Result<(u64, File), Error> {
+) -> Result<(u64, Arc<File>), Error> {
     let digest = &flight.digest;
     let mut source = opener(0).await?;
     let total = source.total;
@@ -310,11 +376,11 @@ async fn download(
                 return Err(bad_body(origin, digest, "more bytes than Content-Length"));
             }
             let need = total.map_or(pending.len() as u64, |t| t - written);
-            write_at(store, digest, &file, &pending, written, need).await?;
-            hasher.update(&pending);
-            written += pending.len() as u64;
-            metrics.bytes_from_upstream.inc_by(pending.len() as u64);
-            pending.clear();
+            let chunk = pending.split().freeze();
+            write_at(store, digest, &file, &chunk, written, need).await?;
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            metrics.bytes_from_upstream.inc_by(chunk.len() as u64);
             tx.send_replace(Progress::Receiving { written, total });
         }
         match next {

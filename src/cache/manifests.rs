@@ -266,11 +266,12 @@ impl Cache {
         let store = self.store.clone();
         let exp = expected.clone();
         let private_registry = self.is_private_registry(q);
+        let refresh = self.tag_refresh();
         let public = self
             .manifests
             .run(key, async move {
                 let m = fetch_once(&origin, &target, &reference, &accept, exp.as_ref(), Identity::Cache).await?;
-                keep(&store, &target, &reference, &m, private_registry, remember_tag).await;
+                keep(&store, &target, &reference, &m, private_registry, remember_tag, refresh).await;
                 Ok(m)
             })
             .await;
@@ -280,7 +281,7 @@ impl Cache {
                 let identity = Identity::Client(q.client_auth.clone());
                 let accept = q.accept.header_value();
                 let m = fetch_once(&self.origin, &q.target, &q.reference, &accept, expected.as_ref(), identity).await?;
-                keep(&self.store, &q.target, &q.reference, &m, true, remember_tag).await;
+                keep(&self.store, &q.target, &q.reference, &m, true, remember_tag, refresh).await;
                 // The client just proved access to this manifest.
                 let key = super::access::AccessKey::new(q.client_auth.as_ref(), &q.target, &q.path());
                 self.access.grant(key);
@@ -340,13 +341,18 @@ async fn keep(
     m: &StoredManifest,
     private: bool,
     remember_tag: bool,
+    refresh: Option<std::time::Duration>,
 ) {
     let marked = if private {
-        store.mark_private(ContentKind::Manifest, &m.digest)
+        store.mark_private(ContentKind::Manifest, &m.digest).await
     } else {
-        store.mark_public(ContentKind::Manifest, &m.digest)
+        store.mark_public(ContentKind::Manifest, &m.digest).await
     };
-    if let Err(e) = marked.and_then(|_| store.put_manifest(&m.digest, &m.media_type, &m.bytes)) {
+    let stored = match marked {
+        Ok(()) => store.put_manifest(&m.digest, &m.media_type, m.bytes.clone()).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
         tracing::warn!(%target, digest = %m.digest, error = %e, "could not store manifest");
         return;
     }
@@ -375,8 +381,9 @@ async fn keep(
             fetched_at: now_secs(),
             private,
         };
-        let stored = match store.put_tag(&target.registry, &target.repository, tag, &entry) {
-            Ok(()) => super::put_tag_remote(store, target, tag, &entry).await,
+        let stored = match store.put_tag(&target.registry, &target.repository, tag, &entry, refresh).await {
+            Ok(true) => super::put_tag_remote(store, target, tag, &entry).await,
+            Ok(false) => Ok(()),
             Err(e) => Err(Error::from(e)),
         };
         if let Err(e) = stored {

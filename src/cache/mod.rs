@@ -8,6 +8,7 @@ pub mod coalesce;
 pub mod flight;
 pub mod manifests;
 pub mod policy;
+pub mod referrers;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub use coalesce::Coalesce;
 pub use flight::{BlobSource, Flight, Flights, Joined, Opener};
 pub use manifests::{ManifestAnswer, ManifestQuery};
 pub use policy::{TagDecision, TagPolicy};
+pub use referrers::{ReferrersAnswer, ReferrersQuery};
 
 use std::time::Duration;
 
@@ -117,7 +119,7 @@ impl Cache {
     /// A stored manifest: local, else from the shared object tier (verified, then kept locally too).
     /// A tier that cannot be reached is a miss, not an error: the origin is asked instead.
     pub(crate) async fn stored_manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, Error> {
-        if let Some(m) = self.store.manifest(d)? {
+        if let Some(m) = self.store.manifest(d).await? {
             return Ok(Some(m));
         }
         let Some(remote) = self.store.remote() else { return Ok(None) };
@@ -135,9 +137,9 @@ impl Cache {
             return Ok(None);
         }
         if self.is_private(ContentKind::Manifest, d).await {
-            self.store.mark_private(ContentKind::Manifest, d)?;
+            self.store.mark_private(ContentKind::Manifest, d).await?;
         }
-        if let Err(e) = self.store.put_manifest(d, &m.media_type, &m.bytes) {
+        if let Err(e) = self.store.put_manifest(d, &m.media_type, m.bytes.clone()).await {
             tracing::warn!(digest = %d, error = %e, "could not keep a local copy of a manifest");
         }
         Ok(Some(m))
@@ -146,7 +148,7 @@ impl Cache {
     /// Whether content is marked private, locally or in the shared tier (an unreachable tier counts
     /// as private: fail closed).
     pub(crate) async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
-        if self.store.is_private(kind, d) {
+        if self.store.is_private(kind, d).await {
             return true;
         }
         let Some(remote) = self.store.remote() else { return false };
@@ -169,9 +171,9 @@ impl Cache {
     pub(crate) async fn mark(&self, kind: ContentKind, d: &Digest, private: bool) -> Result<(), Error> {
         self.remote_marks.invalidate(&(kind.dir(), d.clone()));
         if private {
-            self.store.mark_private(kind, d)?;
+            self.store.mark_private(kind, d).await?;
         } else {
-            self.store.mark_public(kind, d)?;
+            self.store.mark_public(kind, d).await?;
         }
         if let Some(r) = self.store.remote() {
             let done = if private { r.mark_private(kind.dir(), d).await } else { r.mark_public(kind.dir(), d).await };
@@ -182,7 +184,7 @@ impl Cache {
 
     /// A tag's entries: local, else from the shared tier (then kept locally too).
     pub(crate) async fn tag_entries(&self, target: &Target, tag: &crate::oci::Tag) -> Result<Vec<TagEntry>, Error> {
-        let local = self.store.tag_entries(&target.registry, &target.repository, tag)?;
+        let local = self.store.tag_entries(&target.registry, &target.repository, tag).await?;
         let Some(remote) = self.store.remote() else { return Ok(local) };
         if !local.is_empty() {
             return Ok(local);
@@ -194,15 +196,26 @@ impl Cache {
             Vec::new()
         });
         for e in &entries {
-            let _ = self.store.put_tag(&target.registry, &target.repository, tag, e);
+            let _ = self.store.put_tag(&target.registry, &target.repository, tag, e, None).await;
         }
         Ok(entries)
     }
 
-    /// Writes a tag entry in every tier.
+    /// Writes a tag entry in every tier, when it changed (see `FsStore::put_tag`).
     pub(crate) async fn put_tag(&self, target: &Target, tag: &crate::oci::Tag, entry: &TagEntry) -> Result<(), Error> {
-        self.store.put_tag(&target.registry, &target.repository, tag, entry)?;
+        let written = self.store.put_tag(&target.registry, &target.repository, tag, entry, self.tag_refresh()).await?;
+        if !written {
+            return Ok(());
+        }
         put_tag_remote(&self.store, target, tag, entry).await
+    }
+
+    /// How far a tag file's `fetched_at` may lag the one in memory before the file is rewritten:
+    /// half the tag TTL, so a restart costs at most an early revalidation. With no TTL, freshness is
+    /// never read from `fetched_at`, so it alone never causes a write.
+    pub(crate) fn tag_refresh(&self) -> Option<Duration> {
+        let ttl = self.policy.tag_ttl;
+        (!ttl.is_zero()).then(|| ttl / 2)
     }
 
     /// Waits for running downloads to finish and be committed (used at shutdown).

@@ -31,12 +31,19 @@ pub struct HostsArgs {
     /// Write the `_default` mirror (also the default when no --registry is given)
     #[arg(long = "default")]
     pub default: bool,
-    /// Directory to write into (containerd: /etc/containerd/certs.d); prints to stdout when absent
+    /// Directory to write into (containerd: /etc/containerd/certs.d); prints to stdout when absent.
+    /// A containerd config_path with several directories (`A:B`) writes into the first and says
+    /// which files of the others it shadows
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// What to generate
     #[arg(long, value_enum, default_value = "containerd")]
     pub format: HostsFormat,
+    /// containerd 2.1+: how long to try connecting to the cache before falling back to the origin
+    /// (containerd's own default is 30 s per request, which a dead cache would cost every blob);
+    /// 0 leaves it out. Older containerd ignores the setting
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub dial_timeout: std::time::Duration,
 }
 
 /// Registries a podman `registries.conf` lists when none is named: podman has no catch-all mirror,
@@ -62,9 +69,14 @@ pub struct Rendered {
 /// Writes the files into `--dir` (naming each on stderr), or prints them to stdout; advice for the
 /// operator goes to stderr either way.
 pub fn run(args: HostsArgs) -> anyhow::Result<()> {
-    let rendered = render(&args)?;
+    let mut rendered = render(&args)?;
     match &args.dir {
-        Some(dir) => {
+        Some(dirs) => {
+            let dirs = config_path(dirs);
+            let Some(dir) = dirs.first() else { bail!("--dir is empty") };
+            if args.format == HostsFormat::Containerd {
+                rendered.notes.extend(shadowed_notes(&dirs, &rendered.files));
+            }
             for file in &rendered.files {
                 let path = dir.join(&file.path);
                 write_atomically(&path, &file.contents)?;
@@ -98,7 +110,9 @@ pub fn render(args: &HostsArgs) -> anyhow::Result<Rendered> {
     let endpoint = Endpoint::parse(&args.endpoint)?;
     let registries = parse_registries(&args.registries)?;
     match args.format {
-        HostsFormat::Containerd => Ok(containerd(&endpoint, &registries, args.default || registries.is_empty())),
+        HostsFormat::Containerd => {
+            Ok(containerd(&endpoint, &registries, args.default || registries.is_empty(), args.dial_timeout))
+        }
         HostsFormat::Docker => Ok(docker(&endpoint, &registries)),
         HostsFormat::Podman => {
             // podman has no catch-all mirror: "every registry" (`--default`, or nothing named)
@@ -126,6 +140,8 @@ struct Endpoint {
     /// `host:port` (or `host` when the port is the scheme's default), for path-routing clients.
     authority: String,
     https: bool,
+    /// An IPv6 literal (`http://[fd00::1]:3000`), which containerd before 2.0 cannot read in hosts.toml.
+    ipv6: bool,
 }
 
 impl Endpoint {
@@ -158,7 +174,8 @@ impl Endpoint {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        Ok(Endpoint { url: format!("{}://{authority}", url.scheme()), authority, https })
+        let ipv6 = matches!(url.host(), Some(url::Host::Ipv6(_)));
+        Ok(Endpoint { url: format!("{}://{authority}", url.scheme()), authority, https, ipv6 })
     }
 }
 
@@ -203,8 +220,17 @@ fn origin_server(name: &RegistryName) -> String {
 
 /// The `[host."<endpoint>"]` table for containerd, with advice on certificates when the cache serves
 /// HTTPS (as comments: which of `ca` or `skip_verify` applies is the operator's decision).
-fn containerd_mirror_entry(endpoint: &Endpoint) -> String {
+fn containerd_mirror_entry(endpoint: &Endpoint, dial_timeout: std::time::Duration) -> String {
     let mut s = format!("[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", endpoint.url);
+    if !dial_timeout.is_zero() {
+        // Milliseconds: a form Go's time.ParseDuration (containerd's parser) reads for any value.
+        s.push_str(&format!(
+            "  # containerd 2.1+: a cache that does not accept the connection within this long is skipped\n  \
+             # (the origin is asked instead); older versions ignore the setting.\n  \
+             dial_timeout = \"{}ms\"\n",
+            dial_timeout.as_millis().max(1)
+        ));
+    }
     if endpoint.https {
         s.push_str(
             "  # The cache serves HTTPS. If its certificate is not signed by a CA this node trusts, name the\n  \
@@ -216,7 +242,12 @@ fn containerd_mirror_entry(endpoint: &Endpoint) -> String {
     s
 }
 
-fn containerd(endpoint: &Endpoint, registries: &[RegistryName], default: bool) -> Rendered {
+fn containerd(
+    endpoint: &Endpoint,
+    registries: &[RegistryName],
+    default: bool,
+    dial_timeout: std::time::Duration,
+) -> Rendered {
     let mut files = Vec::new();
     let mut notes = Vec::new();
     // Plain HTTP needs no TLS settings; HTTPS gets its advice inside the host table.
@@ -229,7 +260,7 @@ fn containerd(endpoint: &Endpoint, registries: &[RegistryName], default: bool) -
              {transport}\
              {entry}",
             url = endpoint.url,
-            entry = containerd_mirror_entry(endpoint),
+            entry = containerd_mirror_entry(endpoint, dial_timeout),
         );
         files.push(GeneratedFile { path: Path::new("_default").join("hosts.toml"), contents });
     }
@@ -243,9 +274,17 @@ fn containerd(endpoint: &Endpoint, registries: &[RegistryName], default: bool) -
              {entry}",
             url = endpoint.url,
             server = origin_server(name),
-            entry = containerd_mirror_entry(endpoint),
+            entry = containerd_mirror_entry(endpoint, dial_timeout),
         );
         files.push(GeneratedFile { path: Path::new(name.as_str()).join("hosts.toml"), contents });
+    }
+    if endpoint.ipv6 {
+        notes.push(
+            "the cache's address is an IPv6 literal: containerd before 2.0 cannot read it in a hosts.toml table \
+             name and ignores the whole file (pulls then go to the origins); give the cache a DNS name (its \
+             Service name) for those nodes"
+                .to_owned(),
+        );
     }
     if !registries.is_empty() {
         notes.push(
@@ -259,7 +298,56 @@ fn containerd(endpoint: &Endpoint, registries: &[RegistryName], default: bool) -
          [plugins.\"io.containerd.grpc.v1.cri\".registry]); changes apply to the next pull, no restart needed"
             .to_owned(),
     );
+    notes.push(
+        "containerd 2.1+ pulls for Kubernetes through its transfer service, which reads config_path as one \
+         directory and, on some versions, not at all: if pulls do not reach the cache, set \
+         use_local_image_pull = true under [plugins.'io.containerd.cri.v1.images'] in config.toml"
+            .to_owned(),
+    );
     Rendered { files, notes }
+}
+
+/// A containerd `config_path` (`A:B:...`) as its directories; a plain directory is a list of one.
+fn config_path(dir: &Path) -> Vec<PathBuf> {
+    let text = dir.to_string_lossy();
+    let dirs: Vec<PathBuf> = text.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect();
+    if dirs.is_empty() {
+        vec![dir.to_path_buf()]
+    } else {
+        dirs
+    }
+}
+
+/// With several config_path directories, containerd takes, for each registry, the first directory
+/// that has either the registry's own directory or a `_default`: a `_default` written into the first
+/// shadows every registry directory of the later ones. Say which, so nothing changes unnoticed.
+fn shadowed_notes(dirs: &[PathBuf], files: &[GeneratedFile]) -> Vec<String> {
+    let Some((first, later)) = dirs.split_first() else { return Vec::new() };
+    if later.is_empty() {
+        return Vec::new();
+    }
+    let mut notes =
+        vec![format!("config_path lists {} directories; the files go into the first, {}", dirs.len(), first.display())];
+    let writes_default = files.iter().any(|f| f.path.starts_with("_default"));
+    for dir in later {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut shadowed: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join("hosts.toml").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| writes_default || files.iter().any(|f| f.path.starts_with(name)))
+            .collect();
+        shadowed.sort();
+        if !shadowed.is_empty() {
+            notes.push(format!(
+                "{}: {} no longer used for {} (containerd stops at the first directory with a match)",
+                dir.display(),
+                if shadowed.len() == 1 { "this registry directory is" } else { "these registry directories are" },
+                shadowed.join(", ")
+            ));
+        }
+    }
+    notes
 }
 
 fn docker(endpoint: &Endpoint, registries: &[RegistryName]) -> Rendered {

@@ -44,6 +44,11 @@ pub struct WarmArgs {
     /// configured cache directory directly
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// Also warm each image's signatures, SBOMs and attestations: what the referrers API lists for
+    /// every manifest, and cosign's `sha256-<hex>.sig/.att/.sbom` tags, so admission controllers
+    /// that verify them keep working while the origin is down
+    #[arg(long)]
+    pub with_referrers: bool,
 }
 
 /// Blobs of one image downloaded at once: enough to keep a link busy while one blob waits for its
@@ -55,6 +60,11 @@ const MAX_MANIFEST_BYTES: usize = 4 << 20;
 const MAX_CONFIG_PEEK_BYTES: u64 = 1 << 20;
 /// Indexes nested deeper than this are refused, so a malicious index cannot send warm in circles.
 const MAX_INDEX_DEPTH: usize = 2;
+/// Referrer manifests warmed per image: signatures and attestations are a handful; a list of
+/// thousands is not something to mirror for an outage.
+const MAX_REFERRERS: usize = 256;
+/// The tags cosign stores signatures, attestations and SBOMs under, besides the referrers API.
+const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 
 /// Returns whether every image was warmed.
 pub async fn run(args: WarmArgs, config: Config) -> anyhow::Result<bool> {
@@ -90,8 +100,10 @@ pub async fn run(args: WarmArgs, config: Config) -> anyhow::Result<bool> {
         .map(|(i, image)| {
             let (puller, platforms, progress) = (puller.clone(), platforms.clone(), progress.clone());
             let name = image.to_string();
+            let with_referrers = args.with_referrers;
             // Each image on its own task: hashing and I/O of several images use several workers.
-            let task = tokio::spawn(async move { warm_image(&puller, image, &platforms, &progress).await });
+            let task =
+                tokio::spawn(async move { warm_image(&puller, image, &platforms, with_referrers, &progress).await });
             async move { (i, task.await.unwrap_or_else(|e| Outcome::failed(name, anyhow!("{e}")))) }
         })
         .buffer_unordered(args.concurrency)
@@ -333,12 +345,14 @@ struct Outcome {
     platforms: Vec<String>,
     blobs: usize,
     bytes: u64,
+    /// Signature, attestation and SBOM manifests warmed with the image (`--with-referrers`).
+    referrers: usize,
     error: Option<String>,
 }
 
 impl Outcome {
     fn failed(image: String, e: anyhow::Error) -> Outcome {
-        Outcome { image, platforms: Vec::new(), blobs: 0, bytes: 0, error: Some(format!("{e:#}")) }
+        Outcome { image, platforms: Vec::new(), blobs: 0, bytes: 0, referrers: 0, error: Some(format!("{e:#}")) }
     }
 }
 
@@ -350,16 +364,24 @@ struct BlobJob {
     peek: bool,
 }
 
-async fn warm_image(puller: &Puller, image: ImageRef, platforms: &[Platform], progress: &Progress) -> Outcome {
+async fn warm_image(
+    puller: &Puller,
+    image: ImageRef,
+    platforms: &[Platform],
+    with_referrers: bool,
+    progress: &Progress,
+) -> Outcome {
     let name = image.to_string();
     let bar = progress.image_bar(&name);
-    let mut outcome = Outcome { image: name.clone(), platforms: Vec::new(), blobs: 0, bytes: 0, error: None };
+    let mut outcome =
+        Outcome { image: name.clone(), platforms: Vec::new(), blobs: 0, bytes: 0, referrers: 0, error: None };
     let started = Instant::now();
-    match pull_image(puller, &image, platforms, progress, &bar, &mut outcome).await {
+    match pull_image(puller, &image, platforms, with_referrers, progress, &bar, &mut outcome).await {
         Ok(()) => {
             bar.finish_with_message("ok");
+            let referrers = if with_referrers { format!(", {} referrer(s)", outcome.referrers) } else { String::new() };
             progress.log(&format!(
-                "{name}: ok ({}, {} blob(s), {} in {:.1}s)",
+                "{name}: ok ({}, {} blob(s){referrers}, {} in {:.1}s)",
                 platform_list(&outcome.platforms),
                 outcome.blobs,
                 HumanBytes(outcome.bytes),
@@ -384,11 +406,14 @@ async fn pull_image(
     puller: &Puller,
     image: &ImageRef,
     platforms: &[Platform],
+    with_referrers: bool,
     progress: &Progress,
     bar: &ProgressBar,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
     let top = puller.manifest(image, &image.reference.to_string()).await?;
+    // Every manifest of the image, whose signatures and attestations are warmed too when asked.
+    let mut subjects: Vec<Digest> = vec![top.digest.clone()];
     let mut blobs: Vec<BlobJob> = Vec::new();
     let mut seen: HashSet<Digest> = HashSet::new();
     // Configs of manifests no index entry names a platform for: read to name their platform.
@@ -403,6 +428,7 @@ async fn pull_image(
             for child in select_children(&manifest.doc, platforms)? {
                 let digest = child.parsed_digest().context("index entry")?;
                 let fetched = puller.manifest(image, &digest.to_string()).await?;
+                subjects.push(fetched.digest.clone());
                 queue.push((fetched, child.platform.as_ref().map(DescPlatform::label), depth + 1));
             }
             continue;
@@ -426,6 +452,18 @@ async fn pull_image(
             if seen.insert(digest.clone()) {
                 let peek = peek.contains(&digest);
                 blobs.push(BlobJob { digest, size: desc.size, peek });
+            }
+        }
+    }
+
+    if with_referrers {
+        for artifact in referrers_of(puller, image, &subjects).await? {
+            outcome.referrers += 1;
+            for desc in artifact.doc.config.iter().chain(artifact.doc.layers.iter()) {
+                let digest = desc.parsed_digest()?;
+                if !desc.is_foreign() && seen.insert(digest.clone()) {
+                    blobs.push(BlobJob { digest, size: desc.size, peek: false });
+                }
             }
         }
     }
@@ -455,6 +493,43 @@ async fn pull_image(
     }
     outcome.platforms.sort();
     Ok(())
+}
+
+/// The signature, attestation and SBOM manifests of `subjects`: what the referrers API lists for
+/// each (through the cache, which answers from the referrers tag schema for origins without the
+/// API), and cosign's `<alg>-<hex>.sig/.att/.sbom` tags where they exist. Fetching them through the
+/// cache is what stores them; the caller fetches their blobs. An index among them (a multi-part
+/// attestation) brings its children too.
+async fn referrers_of(puller: &Puller, image: &ImageRef, subjects: &[Digest]) -> anyhow::Result<Vec<FetchedManifest>> {
+    let mut found: Vec<FetchedManifest> = Vec::new();
+    let mut seen: HashSet<Digest> = subjects.iter().cloned().collect();
+    let mut pending: Vec<Digest> = Vec::new();
+    for subject in subjects {
+        for desc in puller.referrers(image, subject).await? {
+            pending.push(desc.parsed_digest()?);
+        }
+        for suffix in COSIGN_SUFFIXES {
+            let tag = format!("{}-{}.{suffix}", subject.algorithm().as_str(), subject.hex());
+            if let Some(m) = puller.manifest_if_present(image, &tag).await? {
+                if seen.insert(m.digest.clone()) {
+                    pending.extend(m.doc.manifests.iter().flatten().filter_map(|d| d.parsed_digest().ok()));
+                    found.push(m);
+                }
+            }
+        }
+    }
+    while let Some(digest) = pending.pop() {
+        if found.len() >= MAX_REFERRERS {
+            bail!("more than {MAX_REFERRERS} signature and attestation manifests; not warming them all");
+        }
+        if !seen.insert(digest.clone()) {
+            continue;
+        }
+        let m = puller.manifest(image, &digest.to_string()).await?;
+        pending.extend(m.doc.manifests.iter().flatten().filter_map(|d| d.parsed_digest().ok()));
+        found.push(m);
+    }
+    Ok(found)
 }
 
 /// The index entries to pull: all of them (but attestations) without `--platform`, else the ones
@@ -502,6 +577,20 @@ struct FetchedManifest {
     media_type: String,
     is_index: bool,
     doc: ManifestDoc,
+}
+
+/// "manifest sha256:..." or "tag 1.0", for messages.
+fn describe_reference(reference: &str) -> String {
+    match reference.contains(':') {
+        true => format!("manifest {reference}"),
+        false => format!("tag {reference}"),
+    }
+}
+
+/// An answer that may be a 404: the response, or the error that describes the 404.
+enum Found {
+    Yes(reqwest::Response),
+    No(anyhow::Error),
 }
 
 /// The HTTP side: talks to one cache, with optional Basic credentials (for a cache behind
@@ -561,6 +650,14 @@ impl Puller {
 
     /// Sends a GET and turns anything but a 2xx into an error carrying the registry error message.
     async fn send(&self, path: &str, accept: Option<&str>) -> anyhow::Result<reqwest::Response> {
+        match self.send_if_present(path, accept).await? {
+            Found::Yes(resp) => Ok(resp),
+            Found::No(why) => Err(why),
+        }
+    }
+
+    /// `send`, with a 404 told apart from other failures (for things that may or may not exist).
+    async fn send_if_present(&self, path: &str, accept: Option<&str>) -> anyhow::Result<Found> {
         let mut req = self.get(path);
         if let Some(accept) = accept {
             req = req.header(reqwest::header::ACCEPT, accept);
@@ -568,7 +665,7 @@ impl Puller {
         let resp =
             req.send().await.map_err(|e| anyhow!("cannot reach the cache at {}: {}", self.base, error_chain(&e)))?;
         if resp.status().is_success() {
-            return Ok(resp);
+            return Ok(Found::Yes(resp));
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -578,16 +675,34 @@ impl Puller {
         } else {
             ""
         };
-        bail!("{status}: {}{hint}", detail.trim())
+        let why = anyhow!("{status}: {}{hint}", detail.trim());
+        match status {
+            reqwest::StatusCode::NOT_FOUND => Ok(Found::No(why)),
+            _ => Err(why),
+        }
     }
 
     async fn manifest(&self, image: &ImageRef, reference: &str) -> anyhow::Result<FetchedManifest> {
-        let what = || match reference.contains(':') {
-            true => format!("manifest {reference}"),
-            false => format!("tag {reference}"),
-        };
+        let what = || describe_reference(reference);
         let accept = ALL_MANIFEST_TYPES.join(", ");
         let resp = self.send(&image.path("manifests", reference), Some(&accept)).await.with_context(what)?;
+        self.read_manifest(resp, reference).await
+    }
+
+    /// The manifest, or `None` when the cache answers 404 (e.g. an image without cosign signatures).
+    async fn manifest_if_present(&self, image: &ImageRef, reference: &str) -> anyhow::Result<Option<FetchedManifest>> {
+        let what = || describe_reference(reference);
+        let accept = ALL_MANIFEST_TYPES.join(", ");
+        match self.send_if_present(&image.path("manifests", reference), Some(&accept)).await.with_context(what)? {
+            Found::Yes(resp) => self.read_manifest(resp, reference).await.map(Some),
+            Found::No(_) => Ok(None),
+        }
+    }
+
+    /// Reads a manifest answer whole (bounded) and checks it against the digest asked for and the
+    /// digest the cache announced.
+    async fn read_manifest(&self, resp: reqwest::Response, reference: &str) -> anyhow::Result<FetchedManifest> {
+        let what = || describe_reference(reference);
         let content_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -628,6 +743,23 @@ impl Puller {
             bail!("{}: unsupported manifest type {media_type:?}", what());
         }
         Ok(FetchedManifest { digest, media_type, is_index, doc })
+    }
+
+    /// What the referrers API lists for `subject`.
+    async fn referrers(&self, image: &ImageRef, subject: &Digest) -> anyhow::Result<Vec<Descriptor>> {
+        let what = || format!("referrers of {subject}");
+        let resp = self.send(&image.path("referrers", &subject.to_string()), None).await.with_context(what)?;
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("reading {}: {}", what(), error_chain(&e)))?;
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                bail!("{} is larger than {} MiB", what(), MAX_MANIFEST_BYTES >> 20);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let doc: ManifestDoc = serde_json::from_slice(&body).with_context(|| format!("{} is not an index", what()))?;
+        Ok(doc.manifests.unwrap_or_default())
     }
 
     /// Streams a blob to nowhere (the point is that the cache stores it), verifying its digest on

@@ -6,6 +6,7 @@ pub mod accept;
 pub mod digest;
 pub mod error;
 pub mod name;
+pub mod range;
 pub mod route;
 
 pub use accept::AcceptList;

@@ -1,5 +1,5 @@
 //! The request-path grammar of the distribution API, spelled once: `/v2/`, and
-//! `/v2/[<registry>/]<repository>/{manifests/<reference>|blobs/<digest>|tags/list}`, plus containerd's
+//! `/v2/[<registry>/]<repository>/{manifests/<reference>|blobs/<digest>|tags/list|referrers/<digest>}`, plus containerd's
 //! `?ns=<registry>` query. Everything a handler needs is parsed here into typed values.
 
 use std::fmt;
@@ -52,6 +52,8 @@ pub enum RouteKind {
     Manifest(Reference),
     Blob(Digest),
     Tags,
+    /// The OCI 1.1 referrers API: what refers to the manifest with this digest.
+    Referrers(Digest),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +100,7 @@ pub fn parse(path: &str, ns: Option<&str>, default_registry: &RegistryName) -> R
         ("blobs", "uploads") => return Err(unsupported(path)),
         ("blobs", d) => RouteKind::Blob(d.parse()?),
         ("tags", "list") => RouteKind::Tags,
+        ("referrers", d) => RouteKind::Referrers(d.parse()?),
         _ => {
             // `/v2/<name>/blobs/uploads/<id>` and other push paths land here.
             return Err(unsupported(path));

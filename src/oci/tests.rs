@@ -149,3 +149,85 @@ fn error_body_is_oci_json() {
     assert_eq!(v["errors"][0]["message"], "no \"way\"");
     assert_eq!(ErrorCode::Denied.status(), http::StatusCode::FORBIDDEN);
 }
+
+mod ranges {
+    use crate::oci::range::{parse, ByteRange, RangeRequest};
+
+    fn part(start: u64, end: u64) -> RangeRequest {
+        RangeRequest::Partial(ByteRange { start, end })
+    }
+
+    #[test]
+    fn single_ranges_as_rfc_9110_defines_them() {
+        assert_eq!(parse(None, 10), RangeRequest::Full);
+        assert_eq!(parse(Some("bytes=0-4"), 10), part(0, 5));
+        assert_eq!(parse(Some("bytes=0-0"), 10), part(0, 1));
+        assert_eq!(parse(Some("bytes=5-"), 10), part(5, 10));
+        assert_eq!(parse(Some("bytes=5-100"), 10), part(5, 10));
+        assert_eq!(parse(Some("bytes=9-9"), 10), part(9, 10));
+        assert_eq!(parse(Some("bytes=-1"), 10), part(9, 10));
+        assert_eq!(parse(Some("bytes=-3"), 10), part(7, 10));
+        assert_eq!(parse(Some("bytes=-30"), 10), part(0, 10));
+        assert_eq!(parse(Some("BYTES=1-2"), 10), part(1, 3));
+        assert_eq!(parse(Some(" bytes=1-2 "), 10), part(1, 3));
+        assert_eq!(parse(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable);
+        assert_eq!(parse(Some("bytes=10-20"), 10), RangeRequest::Unsatisfiable);
+        assert_eq!(parse(Some("bytes=-0"), 10), RangeRequest::Unsatisfiable);
+    }
+
+    #[test]
+    fn positions_past_u64_are_clamped_not_wrapped() {
+        // The header of issue #12: a last-byte-pos past the end means "to the end".
+        assert_eq!(parse(Some("bytes=5-18446744073709551615"), 10), part(5, 10));
+        assert_eq!(parse(Some("bytes=5-99999999999999999999999999"), 10), part(5, 10));
+        assert_eq!(parse(Some("bytes=0-18446744073709551615"), u64::MAX), part(0, u64::MAX));
+        assert_eq!(parse(Some("bytes=-18446744073709551615"), 10), part(0, 10));
+        assert_eq!(parse(Some("bytes=-99999999999999999999999"), u64::MAX), part(0, u64::MAX));
+        assert_eq!(parse(Some("bytes=18446744073709551615-"), u64::MAX), RangeRequest::Unsatisfiable);
+        assert_eq!(parse(Some("bytes=99999999999999999999999-"), 10), RangeRequest::Unsatisfiable);
+        assert_eq!(parse(Some("bytes=18446744073709551614-"), u64::MAX), part(u64::MAX - 1, u64::MAX));
+    }
+
+    #[test]
+    fn a_zero_length_blob_has_no_partial_answer() {
+        assert_eq!(parse(Some("bytes=0-"), 0), RangeRequest::Unsatisfiable);
+        assert_eq!(parse(Some("bytes=0-0"), 0), RangeRequest::Unsatisfiable);
+        assert_eq!(parse(Some("bytes=-0"), 0), RangeRequest::Unsatisfiable);
+        // Satisfiable by the RFC, but there is no byte to name: the empty whole, with 200.
+        assert_eq!(parse(Some("bytes=-1"), 0), RangeRequest::Full);
+    }
+
+    #[test]
+    fn anything_else_is_ignored_and_the_whole_blob_sent() {
+        for h in [
+            "bytes=0-1,3-4",
+            "bytes=0-1,",
+            "bytes=4-2",
+            "items=0-1",
+            "bytes=",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=1-+2",
+            "bytes=--1",
+            "bytes=1--2",
+            "bytes=1-2-3",
+            "bytes=0x1-2",
+            "bytes=１-2",
+            "bytes 0-1",
+            "",
+        ] {
+            assert_eq!(parse(Some(h), 10), RangeRequest::Full, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn content_range_names_the_last_byte() {
+        let r = ByteRange { start: 5, end: 10 };
+        assert_eq!(r.content_range(10), "bytes 5-9/10");
+        assert_eq!(r.len(), 5);
+        assert_eq!(
+            ByteRange { start: 0, end: u64::MAX }.content_range(u64::MAX),
+            format!("bytes 0-{}/{}", u64::MAX - 1, u64::MAX)
+        );
+    }
+}

@@ -13,12 +13,12 @@ use http::header::{
 };
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use super::range::{self, RangeRequest};
 use super::response::{self, header, API_VERSION, CONTENT_DIGEST};
 use super::AppState;
-use crate::cache::{BlobAnswer, ManifestAnswer, ManifestQuery};
+use crate::cache::{BlobAnswer, ManifestAnswer, ManifestQuery, ReferrersAnswer, ReferrersQuery};
 use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
+use crate::oci::range::{self, RangeRequest};
 use crate::oci::{route, AcceptList, Digest, ErrorCode, OciError, Reference, Route, RouteKind, Target};
 use crate::upstream::{Identity, OriginRequest};
 
@@ -43,6 +43,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri
                 RouteKind::Manifest(_) => "manifest",
                 RouteKind::Blob(_) => "blob",
                 RouteKind::Tags => "tags",
+                RouteKind::Referrers(_) => "referrers",
             };
             if !state.cache.origin().registries().is_allowed(&target.registry) {
                 (label, Err(Error::RegistryDenied(target.registry.clone())))
@@ -141,7 +142,12 @@ fn log_when_sent(response: Response, mut log: RequestLog) -> Response {
 
 /// containerd's `?ns=<registry>`; the only query parameter ocicache reads on manifests and blobs.
 fn ns_param(query: Option<&str>) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "ns").map(|(_, v)| v.into_owned())
+    query_param(query, "ns")
+}
+
+/// The first value of a query parameter.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 fn base() -> Response {
@@ -182,11 +188,40 @@ async fn api(
         RouteKind::Blob(digest) => {
             let answer = state.cache.blob(target, &digest, head, client_auth).await?;
             let result = answer.result();
-            let range = headers.get(RANGE).and_then(|v| v.to_str().ok());
+            // RFC 9110 §14.2: Range is defined for GET only; a HEAD describes the whole blob.
+            let range = headers.get(RANGE).and_then(|v| v.to_str().ok()).filter(|_| !head);
             Ok((blob_response(state, answer, &digest, head, range)?, Some(result)))
         }
         RouteKind::Tags => Ok((tags(state, target, head, query, client_auth).await?, None)),
+        RouteKind::Referrers(subject) => {
+            let q = ReferrersQuery {
+                target: target.clone(),
+                subject,
+                artifact_type: query_param(query, "artifactType"),
+                client_auth,
+            };
+            let answer = state.cache.referrers(&q).await?;
+            Ok((referrers_response(&answer, head), Some(answer.result)))
+        }
     }
+}
+
+/// The referrers list as an image index; `OCI-Filters-Applied` says the `artifactType` filter was
+/// applied, `Warning: 110` that the origin failed and this is the last list it gave.
+fn referrers_response(answer: &ReferrersAnswer, head: bool) -> Response {
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header(API_VERSION, "registry/2.0")
+        .header(CONTENT_TYPE, crate::oci::accept::OCI_INDEX)
+        .header(CONTENT_LENGTH, answer.index.len());
+    if answer.filtered {
+        b = b.header("oci-filters-applied", "artifactType");
+    }
+    if answer.result == CacheResult::Stale {
+        b = b.header(http::header::WARNING, "110 - \"Response is Stale\"");
+    }
+    let body = if head { Body::empty() } else { Body::from(answer.index.clone()) };
+    b.body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 fn manifest_response(answer: ManifestAnswer, head: bool, reference: &Reference) -> Response {
@@ -249,9 +284,9 @@ fn blob_response(
     };
     let mut b = base.status(status);
     if let Some(size) = size {
-        b = b.header(CONTENT_LENGTH, range.end - range.start);
+        b = b.header(CONTENT_LENGTH, range.len());
         if status == StatusCode::PARTIAL_CONTENT {
-            b = b.header(CONTENT_RANGE, format!("bytes {}-{}/{size}", range.start, range.end - 1));
+            b = b.header(CONTENT_RANGE, range.content_range(size));
         }
     }
     if head {

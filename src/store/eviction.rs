@@ -1,8 +1,10 @@
-//! Keeping the store within `--max-size` and `--max-age`. ocicache records access itself: a committed
-//! file's modification time is set to "now" when it is served (at most once a minute), so the order
-//! survives restarts without relying on `atime` mount options. A pass evicts everything older than
-//! `--max-age`, then the least recently used files until the store is under the low watermark (90% of
-//! `--max-size`). Blobs and manifests are evicted alike: an image pulled together is used together,
+//! Keeping the store within `--max-size` and `--max-age`. ocicache records use itself, at request
+//! granularity: every hit is noted in memory (`recency`) and written to the file's modification time
+//! before each pass (and every few minutes, and at shutdown), so the order is exact — a re-pull a
+//! second after the first counts — and survives restarts without relying on `atime` mount options.
+//! A pass evicts everything older than `--max-age`, then the least recently used files until the
+//! store fits `--max-size`, and not a byte more: what a user pulled is kept as long as the bound
+//! allows. Blobs and manifests are evicted alike: an image pulled together is used together,
 //! so its files age together and go together; a tag whose manifest was evicted is re-fetched by digest,
 //! a manifest whose blobs were evicted has them re-fetched on the next pull. Files being written live
 //! in `tmp/` and are never candidates; a file being read when it is unlinked stays readable to that
@@ -16,7 +18,8 @@ use std::time::{Duration, SystemTime};
 use super::fs::FsStore;
 use crate::metrics::Metrics;
 
-/// After a size-triggered pass the store is at most this fraction of `--max-size`.
+/// When a write runs out of disk space, a pass frees at least this fraction of the store (plus what
+/// the write still needs), since the disk is smaller than `--max-size` (or there is none).
 pub const LOW_WATERMARK: f64 = 0.9;
 /// How often a pass runs even without growth (for `--max-age`).
 const PERIOD: Duration = Duration::from_secs(300);
@@ -64,8 +67,8 @@ fn walk(dir: &Path, out: &mut Vec<Candidate>) {
 }
 
 /// What a pass removes: everything not accessed within `max_age`, then least recently used files
-/// until the rest fits under the low watermark of `max_size` (and under `shrink_to`, when a write ran
-/// out of disk space). Pure, so the rule is tested directly.
+/// until the rest fits in `max_size` (and in `shrink_to`, when a write ran out of disk space), and
+/// nothing more. Pure, so the rule is tested directly.
 pub fn plan(
     mut candidates: Vec<Candidate>,
     policy: &EvictionPolicy,
@@ -84,7 +87,7 @@ pub fn plan(
         }
     }
     let mut total: u64 = keep.iter().map(|c| c.size).sum();
-    let by_size = policy.max_size.filter(|max| total > *max).map(|max| (max as f64 * LOW_WATERMARK) as u64);
+    let by_size = policy.max_size.filter(|max| total > *max);
     let target = match (by_size, shrink_to) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -127,6 +130,8 @@ pub fn spawn(store: FsStore, policy: EvictionPolicy, metrics: Arc<Metrics>) {
         loop {
             let s = store.clone();
             let pass = tokio::task::spawn_blocking(move || {
+                // Uses recorded in memory become mtimes first, so the plan sees every hit.
+                super::fs::blocking_section(|| s.flush_recency_blocking());
                 let all = scan(&s);
                 let total: u64 = all.iter().map(|c| c.size).sum();
                 let count = all.len() as u64;
@@ -150,7 +155,7 @@ pub fn spawn(store: FsStore, policy: EvictionPolicy, metrics: Arc<Metrics>) {
                 tokio::select! {
                     f = store.usage().wait_for_pressure() => {
                         metrics.store_usage(store.usage().bytes(), store.usage().entries());
-                        if f || policy.max_size.is_some_and(|m| store.usage().bytes() > m) {
+                        if f || store.recency_full() || policy.max_size.is_some_and(|m| store.usage().bytes() > m) {
                             break f;
                         }
                     }
@@ -197,17 +202,31 @@ mod tests {
     }
 
     #[test]
-    fn evicts_oldest_first_down_to_the_low_watermark() {
+    fn evicts_oldest_first_and_no_more_than_the_bound_requires() {
         let now = SystemTime::now();
         let all = vec![c("new", 40, 1, now), c("old", 30, 300, now), c("mid", 30, 100, now), c("hot", 10, 0, now)];
         let policy = EvictionPolicy { max_size: Some(100), max_age: None };
-        // 110 bytes > 100: remove oldest until <= 90.
+        // 110 bytes > 100: remove the oldest until <= 100.
         let v: Vec<_> = plan(all.clone(), &policy, None, now).into_iter().map(|c| c.path).collect();
         assert_eq!(v, vec![PathBuf::from("old")]);
         let tight = EvictionPolicy { max_size: Some(60), max_age: None };
         let v: Vec<_> = plan(all.clone(), &tight, None, now).into_iter().map(|c| c.path).collect();
-        // 110 > 60: remove oldest until <= 54.
+        // 110 > 60: remove oldest until <= 60.
         assert_eq!(v, vec![PathBuf::from("old"), PathBuf::from("mid")]);
+        // Exactly at the bound is within it: nothing goes.
+        assert!(plan(all.clone(), &EvictionPolicy { max_size: Some(110), max_age: None }, None, now).is_empty());
+        // 1 byte over: one file goes, the oldest, however small the excess (not down to a watermark).
+        let v: Vec<_> = plan(all.clone(), &EvictionPolicy { max_size: Some(109), max_age: None }, None, now)
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(v, vec![PathBuf::from("old")]);
+        // 80 after evicting "old" fits 81..=100, where a 90% watermark would have taken "mid" too.
+        let v: Vec<_> = plan(all.clone(), &EvictionPolicy { max_size: Some(81), max_age: None }, None, now)
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(v, vec![PathBuf::from("old")]);
         assert!(plan(all.clone(), &EvictionPolicy { max_size: Some(1000), max_age: None }, None, now).is_empty());
         // Out of disk space without a policy: shrink to the given size, oldest first.
         let v: Vec<_> = plan(all, &EvictionPolicy::default(), Some(80), now).into_iter().map(|c| c.path).collect();

@@ -2,6 +2,11 @@
 //! directory fsynced), so a crash at any point leaves either the old state or the complete new file,
 //! never a partial one where a reader looks.
 //!
+//! Every method that touches the disk is `async` and runs its I/O on tokio's blocking pool
+//! (`spawn_blocking`), so a slow disk (an fsync, a cold directory lookup) stalls one blocking thread,
+//! never an async worker serving other requests. The `*_blocking` forms are for code that already runs
+//! on a blocking thread; debug builds check that they are not called from an async worker.
+//!
 //! Layout under the cache directory:
 //! ```text
 //! blobs/<alg>/<hex[0..2]>/<hex>
@@ -30,7 +35,7 @@ use crate::oci::{Digest, RegistryName, Repository, Tag};
 const STALE_TMP: Duration = Duration::from_secs(15 * 60);
 
 /// The two kinds of content-addressed files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ContentKind {
     Blob,
     Manifest,
@@ -50,6 +55,8 @@ pub struct FsStore {
     root: PathBuf,
     usage: Arc<Usage>,
     hot: Arc<super::hot::HotCache>,
+    /// Uses of stored files not yet written to their mtimes (see `recency`).
+    recency: Arc<super::recency::Recency>,
     /// The shared tier in object storage, when configured (`--storage s3://...`).
     remote: Option<Arc<super::object::ObjectTier>>,
 }
@@ -141,7 +148,13 @@ impl FsStore {
         for dir in ["blobs", "manifests", "tags", "private", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        let store = FsStore { root: root.to_path_buf(), usage: Arc::default(), hot: Arc::default(), remote: None };
+        let store = FsStore {
+            root: root.to_path_buf(),
+            usage: Arc::default(),
+            hot: Arc::default(),
+            recency: Arc::default(),
+            remote: None,
+        };
         store.remove_stale_temp_files();
         Ok(store)
     }
@@ -223,17 +236,43 @@ impl FsStore {
         self.content_path("blobs", d)
     }
 
+    /// Runs `f` on tokio's blocking pool (or right here outside a runtime, as in `ocicache gc`).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&FsStore) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return f(self);
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || on_blocking_thread(|| f(&store)))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+    }
+
     /// The size of a committed blob, if present.
-    pub fn blob_size(&self, d: &Digest) -> Option<u64> {
+    pub async fn blob_size(&self, d: &Digest) -> Option<u64> {
+        let d = d.clone();
+        self.blocking(move |s| Ok(s.blob_size_blocking(&d))).await.ok().flatten()
+    }
+
+    pub fn blob_size_blocking(&self, d: &Digest) -> Option<u64> {
+        assert_blocking_thread();
         fs::metadata(self.blob_path(d)).ok().filter(|m| m.is_file()).map(|m| m.len())
     }
 
-    /// Opens a committed blob for reading, recording the access for eviction.
-    pub fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
+    /// Opens a committed blob for reading, recording the use for eviction.
+    pub async fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
+        let d = d.clone();
+        self.blocking(move |s| s.open_blob_blocking(&d)).await
+    }
+
+    pub fn open_blob_blocking(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
+        assert_blocking_thread();
         match File::open(self.blob_path(d)) {
             Ok(f) => {
                 let meta = f.metadata()?;
-                touch(&f, &meta);
+                self.record_use(ContentKind::Blob, d);
                 Ok(Some((f, meta.len())))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -241,15 +280,58 @@ impl FsStore {
         }
     }
 
+    /// Records a use of stored content for eviction (in memory; see `recency`). A full table asks the
+    /// evictor for a pass, which writes the uses to disk and empties it.
+    fn record_use(&self, kind: ContentKind, d: &Digest) {
+        if !self.recency.record(kind, d, SystemTime::now()) {
+            self.usage.changed.notify_one();
+        }
+    }
+
+    /// Writes the uses recorded since the last call to the files' mtimes (ocicache's LRU clock), so
+    /// an eviction pass, `ocicache gc` and a restarted process see them. Returns the files updated.
+    pub fn flush_recency_blocking(&self) -> usize {
+        assert_blocking_thread();
+        let mut updated = 0;
+        for ((kind, d), at) in self.recency.take() {
+            let Ok(f) = File::open(self.content_path(kind.dir(), &d)) else { continue };
+            let older = f.metadata().and_then(|m| m.modified()).map(|m| m < at).unwrap_or(true);
+            if older && f.set_modified(at).is_ok() {
+                updated += 1;
+            }
+        }
+        updated
+    }
+
+    pub async fn flush_recency(&self) -> usize {
+        self.blocking(|s| Ok(s.flush_recency_blocking())).await.unwrap_or(0)
+    }
+
+    /// Whether the in-memory record of uses is full and waits for a flush.
+    pub fn recency_full(&self) -> bool {
+        self.recency.is_full()
+    }
+
+    /// The last use of content recorded in memory and not yet flushed.
+    pub fn recorded_use(&self, kind: ContentKind, d: &Digest) -> Option<SystemTime> {
+        self.recency.last_use(kind, d)
+    }
+
     /// A new, uniquely named file in `tmp/`, opened for reading and writing.
-    pub fn temp_file(&self) -> io::Result<TempFile> {
+    pub async fn temp_file(&self) -> io::Result<TempFile> {
+        self.blocking(|s| s.temp_file_blocking()).await
+    }
+
+    pub fn temp_file_blocking(&self) -> io::Result<TempFile> {
+        assert_blocking_thread();
         let path = self.root.join("tmp").join(format!("fill-{}-{:016x}", std::process::id(), rand::random::<u64>()));
         let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         Ok(TempFile { path, file })
     }
 
     /// Moves a fully written and verified temp file into place as blob `d`.
-    pub fn commit_blob(&self, temp: &Path, d: &Digest) -> io::Result<()> {
+    pub fn commit_blob_blocking(&self, temp: &Path, d: &Digest) -> io::Result<()> {
+        assert_blocking_thread();
         let dest = self.blob_path(d);
         let size = fs::metadata(temp)?.len();
         place(temp, &dest)?;
@@ -257,54 +339,56 @@ impl FsStore {
         Ok(())
     }
 
-    pub fn manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
-        let path = self.content_path("manifests", d);
-        if let Some((m, touched)) = self.hot.manifest(d) {
-            if touched.elapsed() < TOUCH_EVERY {
+    /// A stored manifest. The hottest are answered from memory; a file is looked at again (is it
+    /// still there, or was it evicted?) at most once a minute per manifest.
+    pub async fn manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
+        if let Some((m, checked)) = self.hot.manifest(d) {
+            if checked.elapsed() < RECHECK_EVERY {
+                self.record_use(ContentKind::Manifest, d);
                 return Ok(Some(m));
             }
-            // Record the access on disk (for eviction) at most once a minute, and make sure the file
-            // is still there: an evicted manifest is fetched again rather than served from memory.
-            match File::open(&path) {
-                Ok(f) => {
-                    if let Ok(meta) = f.metadata() {
-                        touch(&f, &meta);
-                    }
-                    self.hot.put_manifest(m.clone(), std::time::Instant::now());
-                    return Ok(Some(m));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            }
         }
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
+        let d = d.clone();
+        self.blocking(move |s| s.manifest_blocking(&d)).await
+    }
+
+    pub fn manifest_blocking(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
+        assert_blocking_thread();
+        let path = self.content_path("manifests", d);
+        if let Some((m, _)) = self.hot.manifest(d) {
+            // An evicted manifest is fetched again rather than served from memory.
+            return match fs::symlink_metadata(&path) {
+                Ok(_) => {
+                    self.record_use(ContentKind::Manifest, d);
+                    self.hot.put_manifest(m.clone(), std::time::Instant::now());
+                    Ok(Some(m))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        let raw = match fs::read(&path) {
+            Ok(raw) => raw,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let meta = file.metadata()?;
-        touch(&file, &meta);
-        let mut raw = Vec::with_capacity(meta.len() as usize);
-        io::Read::read_to_end(&mut file, &mut raw)?;
-        let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("manifest {d} has no media type line")));
-        };
-        let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
-        let bytes = Bytes::from(raw).slice(nl + 1..);
-        let m = StoredManifest { digest: d.clone(), media_type, bytes };
+        self.record_use(ContentKind::Manifest, d);
+        let m = Self::parse_manifest_file(d, Bytes::from(raw))?;
         self.hot.put_manifest(m.clone(), std::time::Instant::now());
         Ok(Some(m))
     }
 
     /// Stores manifest bytes under their digest. The caller has verified `d` against `bytes`.
-    pub fn put_manifest(&self, d: &Digest, media_type: &str, bytes: &[u8]) -> io::Result<()> {
+    pub async fn put_manifest(&self, d: &Digest, media_type: &str, bytes: Bytes) -> io::Result<()> {
+        let (d, media_type) = (d.clone(), media_type.to_owned());
+        self.blocking(move |s| s.put_manifest_blocking(&d, &media_type, &bytes)).await
+    }
+
+    pub fn put_manifest_blocking(&self, d: &Digest, media_type: &str, bytes: &[u8]) -> io::Result<()> {
         if !valid_media_type(media_type) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
         }
-        let mut content = Vec::with_capacity(media_type.len() + 1 + bytes.len());
-        content.extend_from_slice(media_type.as_bytes());
-        content.push(b'\n');
-        content.extend_from_slice(bytes);
+        let content = Self::manifest_file_content(media_type, bytes);
         self.write_atomic(&self.content_path("manifests", d), &content)?;
         self.usage.added(content.len() as u64);
         Ok(())
@@ -327,17 +411,35 @@ impl FsStore {
 
     /// Whether content was fetched with a client's own credentials (or from a private registry) and
     /// so may only be served after that client proved access.
-    pub fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
+    /// (An unreadable marker directory counts as private: fail closed.)
+    pub async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
+        let d = d.clone();
+        self.blocking(move |s| Ok(s.is_private_blocking(kind, &d))).await.unwrap_or(true)
+    }
+
+    pub fn is_private_blocking(&self, kind: ContentKind, d: &Digest) -> bool {
+        assert_blocking_thread();
         self.private_marker(kind, d).exists()
     }
 
     /// Marks content private. Called before the content is committed, so it is never visible unmarked.
-    pub fn mark_private(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
+    pub async fn mark_private(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
+        let d = d.clone();
+        self.blocking(move |s| s.mark_private_blocking(kind, &d)).await
+    }
+
+    pub fn mark_private_blocking(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
         self.write_atomic(&self.private_marker(kind, d), b"")
     }
 
     /// The origin served this content anonymously: it is public after all.
-    pub fn mark_public(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
+    pub async fn mark_public(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
+        let d = d.clone();
+        self.blocking(move |s| s.mark_public_blocking(kind, &d)).await
+    }
+
+    pub fn mark_public_blocking(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
+        assert_blocking_thread();
         match fs::remove_file(self.private_marker(kind, d)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -355,8 +457,30 @@ impl FsStore {
     }
 
     /// Every media type's entry for a tag.
-    pub fn tag_entries(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> io::Result<Vec<TagEntry>> {
+    pub async fn tag_entries(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        tag: &Tag,
+    ) -> io::Result<Vec<TagEntry>> {
         let dir = self.tag_dir(registry, repo, tag);
+        if let Some(entries) = self.hot.tag(&dir) {
+            return Ok(entries);
+        }
+        self.blocking(move |s| s.tag_dir_entries_blocking(dir)).await
+    }
+
+    pub fn tag_entries_blocking(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        tag: &Tag,
+    ) -> io::Result<Vec<TagEntry>> {
+        self.tag_dir_entries_blocking(self.tag_dir(registry, repo, tag))
+    }
+
+    fn tag_dir_entries_blocking(&self, dir: PathBuf) -> io::Result<Vec<TagEntry>> {
+        assert_blocking_thread();
         if let Some(entries) = self.hot.tag(&dir) {
             return Ok(entries);
         }
@@ -384,20 +508,114 @@ impl FsStore {
         Ok(out)
     }
 
-    pub fn put_tag(&self, registry: &RegistryName, repo: &Repository, tag: &Tag, entry: &TagEntry) -> io::Result<()> {
+    /// Records what a tag points to for one media type; returns whether the file was written.
+    ///
+    /// Every revalidation of an unchanged tag (each `:latest` pull with a short `--tag-ttl`) comes
+    /// here with only a newer `fetched_at`. Rewriting the file each time would cost two fsyncs per
+    /// pull, so the fresh `fetched_at` is kept in memory and the file is rewritten only when the
+    /// entry changed otherwise, or when its `fetched_at` lags by `refresh_every` or more (`None`:
+    /// never for that alone). A restart can therefore see a `fetched_at` up to `refresh_every` old,
+    /// which only makes the tag revalidate sooner.
+    pub async fn put_tag(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        tag: &Tag,
+        entry: &TagEntry,
+        refresh_every: Option<Duration>,
+    ) -> io::Result<bool> {
+        let (dir, path, entry) =
+            (self.tag_dir(registry, repo, tag), self.tag_file(registry, repo, tag, &entry.media_type), entry.clone());
+        self.blocking(move |s| s.put_tag_file_blocking(dir, &path, entry, refresh_every)).await
+    }
+
+    pub fn put_tag_blocking(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        tag: &Tag,
+        entry: &TagEntry,
+        refresh_every: Option<Duration>,
+    ) -> io::Result<bool> {
+        let (dir, path) = (self.tag_dir(registry, repo, tag), self.tag_file(registry, repo, tag, &entry.media_type));
+        self.put_tag_file_blocking(dir, &path, entry.clone(), refresh_every)
+    }
+
+    fn put_tag_file_blocking(
+        &self,
+        dir: PathBuf,
+        path: &Path,
+        entry: TagEntry,
+        refresh_every: Option<Duration>,
+    ) -> io::Result<bool> {
+        assert_blocking_thread();
         if !valid_media_type(&entry.media_type) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
         }
-        let dir = self.tag_dir(registry, repo, tag);
-        let path = self.tag_file(registry, repo, tag, &entry.media_type);
-        let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
-        let written = self.write_atomic(&path, &json);
-        self.hot.forget_tag(&dir);
-        written
+        let persisted: Option<TagEntry> = fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let current = match &persisted {
+            Some(p) => {
+                let same = TagEntry { fetched_at: entry.fetched_at, ..p.clone() } == entry;
+                let lag = Duration::from_secs(entry.fetched_at.saturating_sub(p.fetched_at));
+                !same || refresh_every.is_some_and(|every| lag >= every)
+            }
+            None => true,
+        };
+        if current {
+            let json = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+            if let Err(e) = self.write_atomic(path, &json) {
+                self.hot.forget_tag(&dir);
+                return Err(e);
+            }
+        }
+        // The in-memory copy carries the fresh entry either way.
+        let mut entries = match self.hot.tag(&dir) {
+            Some(e) => e,
+            None => self.read_tag_dir(&dir)?,
+        };
+        entries.retain(|e| e.media_type != entry.media_type);
+        entries.push(entry);
+        self.hot.put_tag(dir, entries);
+        Ok(current)
+    }
+
+    /// The file holding the referrers list of `subject` in a repository (`_referrers` cannot collide
+    /// with a repository component, as `_tags`).
+    fn referrers_file(&self, registry: &RegistryName, repo: &Repository, subject: &Digest) -> PathBuf {
+        self.root.join("tags").join(registry.as_str()).join(repo.as_str()).join("_referrers").join(format!(
+            "{}-{}.json",
+            subject.algorithm().as_str(),
+            subject.hex()
+        ))
+    }
+
+    /// The stored referrers list of `subject`, as written by `put_referrers`.
+    pub fn referrers(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        subject: &Digest,
+    ) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.referrers_file(registry, repo, subject)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn put_referrers(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        subject: &Digest,
+        json: &[u8],
+    ) -> io::Result<()> {
+        self.write_atomic(&self.referrers_file(registry, repo, subject), json)
     }
 
     fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<()> {
-        let mut tmp = self.temp_file()?;
+        assert_blocking_thread();
+        let mut tmp = self.temp_file_blocking()?;
         let result = tmp.file.write_all(content).and_then(|_| tmp.file.sync_all()).and_then(|_| place(&tmp.path, dest));
         if result.is_err() {
             let _ = fs::remove_file(&tmp.path);
@@ -406,14 +624,33 @@ impl FsStore {
     }
 }
 
-/// Access is recorded at most this often per file, to keep hits free of metadata writes.
-const TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// How long a manifest served from memory goes without checking that its file was not evicted.
+const RECHECK_EVERY: Duration = Duration::from_secs(60);
 
-/// Records an access in the file's modification time (ocicache's own LRU clock; see `eviction`).
-fn touch(file: &File, meta: &fs::Metadata) {
-    let stale = meta.modified().map(|t| t.elapsed().unwrap_or_default() >= TOUCH_EVERY).unwrap_or(true);
-    if stale {
-        let _ = file.set_modified(SystemTime::now());
+thread_local! {
+    /// Set while a store closure runs on tokio's blocking pool (see `FsStore::blocking`).
+    static ON_BLOCKING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn on_blocking_thread<T>(f: impl FnOnce() -> T) -> T {
+    let was = ON_BLOCKING_THREAD.with(|c| c.replace(true));
+    let out = f();
+    ON_BLOCKING_THREAD.with(|c| c.set(was));
+    out
+}
+
+/// Runs `f` as store I/O off the async workers: for code that is already on a blocking thread of
+/// its own (a `spawn_blocking` closure outside the store) and calls several `*_blocking` methods.
+pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
+    on_blocking_thread(f)
+}
+
+/// Debug builds (every test) catch disk I/O on an async worker: inside a tokio runtime, the sync
+/// store methods may only run within `FsStore::blocking` or a `blocking_section`.
+fn assert_blocking_thread() {
+    #[cfg(debug_assertions)]
+    if tokio::runtime::Handle::try_current().is_ok() && !ON_BLOCKING_THREAD.with(|c| c.get()) {
+        panic!("store I/O on an async worker thread: use the async FsStore methods");
     }
 }
 

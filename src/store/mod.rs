@@ -7,6 +7,7 @@ pub mod eviction;
 pub mod fs;
 pub mod hot;
 pub mod object;
+pub mod recency;
 
 pub use fs::{ContentKind, FsStore};
 

@@ -15,9 +15,9 @@ use url::Url;
 use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
 use super::creds::Credential;
 use super::egress::{EgressPolicy, Trust};
-use super::health::OriginHealth;
+use super::health::{ceil_secs, Admission, OriginHealth, Refusal};
 use super::registries::Registries;
-use super::sources::{CredentialSources, Sourced};
+use super::sources::{endpoint_name, CredentialSources, Sourced};
 use crate::config::OriginTls;
 use crate::error::{Error, Resource, UpstreamStatus};
 use crate::metrics::Metrics;
@@ -84,12 +84,18 @@ pub struct OriginClient {
     tls_clients: BTreeMap<RegistryName, reqwest::Client>,
     tokens: TokenCache,
     /// Endpoints that answered with a Basic challenge: later requests send Basic credentials at once.
-    /// Endpoints of `*.domain` registries are the client's to invent: bounded, forgotten when idle.
+    /// Bounded: endpoints of wildcard-allowed registries are client-chosen (forgetting one costs a 401).
     basic_endpoints: moka::sync::Cache<String, ()>,
 }
 
+/// The longest one attempt at an endpoint can take before its timeouts end it (a token request and
+/// the request itself), after which a probe still marked as running is taken as abandoned.
+fn probe_timeout(o: &OriginOptions) -> Duration {
+    (o.connect_timeout + o.first_byte_timeout) * 2
+}
+
 /// Endpoints remembered as Basic-only, at most; one forgotten costs one extra 401 round trip.
-const MAX_BASIC_ENDPOINTS: u64 = 1_000;
+const MAX_BASIC_ENDPOINTS: u64 = 10_000;
 const BASIC_ENDPOINT_IDLE: Duration = Duration::from_secs(3600);
 
 /// How long a read may stall before the transfer counts as failed (and a blob fill resumes).
@@ -126,7 +132,7 @@ impl OriginClient {
             http_guarded,
             tls_clients,
             egress,
-            health: OriginHealth::new(options.endpoint_backoff),
+            health: OriginHealth::new(options.endpoint_backoff, probe_timeout(&options)),
             options,
             metrics,
             registries,
@@ -152,57 +158,101 @@ impl OriginClient {
         &self.registries
     }
 
-    /// Sends `req` to the origin's endpoints in order until one answers. A 2xx response is returned;
-    /// any other status becomes `Error::Upstream` carrying what the client needs (challenge, Retry-After).
+    /// Sends `req` to the origin's endpoints until one answers. A 2xx response is returned; any other
+    /// status becomes `Error::Upstream` carrying what the client needs (challenge, Retry-After).
+    ///
+    /// Endpoints are tried in order, skipping those whose circuit is open or that are rate-limiting.
+    /// If none of those answered, the skipped ones get a last-resort probe (see `health`): a registry
+    /// is never left with nothing to try, and a recovered origin is used again within a second.
     pub async fn send(&self, req: &OriginRequest<'_>) -> Result<reqwest::Response, Error> {
         let registry = &req.target.registry;
         let endpoints = self.registries.endpoints(registry).ok_or_else(|| Error::RegistryDenied(registry.clone()))?;
         if self.options.offline {
             return Err(self.unreachable(req, "offline mode (--offline): origins are not contacted".into()));
         }
-        if let Some(wait) = self.health.held_for(registry) {
-            return Err(self.rate_limited(req, wait));
-        }
-        let mut last = None;
-        for endpoint in endpoints {
-            let ep = endpoint.as_str();
-            if let Some(wait) = self.health.open_for(ep) {
-                let reason = format!("endpoint {ep} failed recently; skipped for another {}s", wait.as_secs().max(1));
-                last = Some(self.unreachable(req, reason));
-                continue;
-            }
-            match self.attempt(&endpoint, req).await {
-                Err(e) if is_rate_limit(&e) => {
-                    let wait = retry_after(&e);
-                    if let Some(wait) = wait {
-                        self.health.hold(registry, wait);
+        let mut outcome = Outcome::default();
+        let mut skipped = Vec::new();
+        for endpoint in &endpoints {
+            match self.health.admit(endpoint.as_str()) {
+                Admission::Skip(_) => skipped.push(endpoint),
+                admission => {
+                    if let Some(answer) = self.try_endpoint(endpoint, req, admission, &mut outcome).await {
+                        return answer;
                     }
-                    tracing::warn!(%registry, endpoint = ep, retry_after_s = wait.map(|w| w.as_secs()), "origin is rate-limiting");
-                    last = Some(e);
-                }
-                Err(e) if fails_over(&e) => {
-                    let open = self.health.failed(ep);
-                    self.metrics.endpoint_failed(
-                        &self.registries.label(registry),
-                        &self.registries.endpoint_label(registry, &endpoint),
-                    );
-                    tracing::warn!(%registry, endpoint = ep, error = %e, skip_s = open.as_secs(), "origin endpoint failed; skipping it for a while");
-                    last = Some(e);
-                }
-                other => {
-                    // Any answer, even a 404, shows the endpoint is alive.
-                    if self.health.succeeded(ep) {
-                        self.metrics.endpoint_recovered(
-                            &self.registries.label(registry),
-                            &self.registries.endpoint_label(registry, &endpoint),
-                        );
-                        tracing::info!(%registry, endpoint = ep, "origin endpoint answers again");
-                    }
-                    return other;
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unreachable { registry: registry.clone(), reason: "no endpoints".into() }))
+        for endpoint in skipped {
+            match self.health.admit_last_resort(endpoint.as_str()) {
+                Admission::Skip(refusal) => outcome.refused(req, endpoint, refusal),
+                admission => {
+                    if let Some(answer) = self.try_endpoint(endpoint, req, admission, &mut outcome).await {
+                        return answer;
+                    }
+                }
+            }
+        }
+        Err(outcome.into_error(req))
+    }
+
+    /// One endpoint under the breaker's admission: `Some(answer)` when it answered (even a 404: the
+    /// endpoint is alive), `None` when it failed over or is rate-limiting (recorded in `outcome`).
+    async fn try_endpoint(
+        &self,
+        endpoint: &Url,
+        req: &OriginRequest<'_>,
+        admission: Admission,
+        outcome: &mut Outcome,
+    ) -> Option<Result<reqwest::Response, Error>> {
+        let (registry, ep) = (&req.target.registry, endpoint.as_str());
+        match self.attempt(endpoint, req).await {
+            Err(e) if is_rate_limit(&e) => {
+                let wait = retry_after(&e);
+                if let Some(wait) = wait {
+                    self.health.hold(ep, wait);
+                }
+                // A 429 says the endpoint is up: it closes an open circuit.
+                if self.health.succeeded(ep) {
+                    self.endpoint_metric(registry, endpoint, false);
+                }
+                tracing::warn!(%registry, endpoint = ep, retry_after_s = wait.map(|w| w.as_secs()), "origin is rate-limiting");
+                outcome.failed(e);
+                None
+            }
+            Err(e) if fails_over(&e) => {
+                self.endpoint_metric(registry, endpoint, true);
+                let reason = match &e {
+                    Error::Unreachable { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                match self.health.failed(ep, &admission, &reason) {
+                    Some(open) => {
+                        tracing::warn!(%registry, endpoint = ep, error = %e, skip_s = open.as_secs(), "origin endpoint failed; skipping it for a while")
+                    }
+                    None => tracing::debug!(%registry, endpoint = ep, error = %e, "origin endpoint failed again"),
+                }
+                outcome.failed(e);
+                None
+            }
+            other => {
+                if self.health.succeeded(ep) {
+                    self.endpoint_metric(registry, endpoint, false);
+                    tracing::info!(%registry, endpoint = ep, "origin endpoint answers again");
+                }
+                Some(other)
+            }
+        }
+    }
+
+    /// Records an endpoint failing or answering again, labelled so that invented names (under a
+    /// `*.domain` pattern) share their pattern's series.
+    fn endpoint_metric(&self, registry: &RegistryName, endpoint: &Url, failed: bool) {
+        let (label, endpoint) = (self.registries.label(registry), self.registries.endpoint_label(registry, endpoint));
+        if failed {
+            self.metrics.endpoint_failed(&label, &endpoint);
+        } else {
+            self.metrics.endpoint_recovered(&label, &endpoint);
+        }
     }
 
     /// One endpoint; when credentials from a helper are rejected, the helper is asked once more.
@@ -210,7 +260,11 @@ impl OriginClient {
         match self.attempt_with(endpoint, req).await {
             Err(Error::CredentialsRejected { helper: Some(helper), .. }) => {
                 tracing::info!(registry = %req.target.registry, %helper, "credentials rejected; asking the helper again");
+                // Asked for the endpoint's own name or the registry's: forget both answers.
                 self.creds.invalidate(&helper, &req.target.registry);
+                if let Some(name) = endpoint_name(endpoint) {
+                    self.creds.invalidate(&helper, &name);
+                }
                 self.attempt_with(endpoint, req).await
             }
             other => other,
@@ -227,7 +281,7 @@ impl OriginClient {
                 return self.classify(req, resp);
             }
             Identity::Client(None) => None,
-            Identity::Cache => self.creds.lookup(&req.target.registry, &req.target.repository).await.map_err(|e| {
+            Identity::Cache => self.creds.lookup(endpoint, &req.target.registry, &req.target.repository).await.map_err(|e| {
                 tracing::warn!(registry = %req.target.registry, error = %e, "no credentials from the configured source");
                 Error::CredentialSource { registry: req.target.registry.clone(), reason: e.to_string() }
             })?,
@@ -358,8 +412,8 @@ impl OriginClient {
         Ok(resp)
     }
 
-    fn rate_limited(&self, req: &OriginRequest<'_>, wait: Duration) -> Error {
-        let secs = wait.as_secs().max(1);
+    fn rate_limited(req: &OriginRequest<'_>, wait: Duration) -> Error {
+        let secs = ceil_secs(wait).max(1);
         Error::Upstream(Box::new(UpstreamStatus {
             registry: req.target.registry.clone(),
             resource: req.resource,
@@ -391,6 +445,59 @@ impl OriginClient {
     fn unreachable(&self, req: &OriginRequest<'_>, reason: String) -> Error {
         Error::Unreachable { registry: req.target.registry.clone(), reason }
     }
+}
+
+/// What a request learnt from the endpoints that did not answer it, to pick the error the client gets.
+#[derive(Default)]
+struct Outcome {
+    /// The last error an endpoint answered or failed with.
+    last: Option<Error>,
+    /// A rate limit (answered now, or an endpoint still on hold): the most useful answer, since it
+    /// tells the client when to come back.
+    rate_limited: Option<Error>,
+    /// Why the endpoints that were not tried were skipped (fresh: from the breaker's last failure).
+    refusals: Vec<String>,
+}
+
+impl Outcome {
+    fn failed(&mut self, e: Error) {
+        if is_rate_limit(&e) {
+            self.rate_limited = Some(e);
+        } else {
+            self.last = Some(e);
+        }
+    }
+
+    fn refused(&mut self, req: &OriginRequest<'_>, endpoint: &Url, refusal: Refusal) {
+        match refusal {
+            Refusal::Held(wait) => {
+                let shorter = match &self.rate_limited {
+                    Some(Error::Upstream(u)) => retry_after_secs(u).is_none_or(|s| ceil_secs(wait) < s),
+                    _ => true,
+                };
+                if shorter {
+                    self.rate_limited = Some(OriginClient::rate_limited(req, wait));
+                }
+            }
+            open => self.refusals.push(open.describe(endpoint.as_str())),
+        }
+    }
+
+    fn into_error(self, req: &OriginRequest<'_>) -> Error {
+        let registry = req.target.registry.clone();
+        if let Some(e) = self.rate_limited {
+            return e;
+        }
+        match (self.last, self.refusals.is_empty()) {
+            (Some(e), _) => e,
+            (None, false) => Error::Unreachable { registry, reason: self.refusals.join("; ") },
+            (None, true) => Error::Unreachable { registry, reason: "no endpoints".into() },
+        }
+    }
+}
+
+fn retry_after_secs(u: &UpstreamStatus) -> Option<u64> {
+    u.retry_after.as_ref()?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Failures that say the endpoint is down, worth trying the next endpoint for (and opening its circuit).

@@ -128,12 +128,31 @@ impl DockerConfig {
     }
 
     fn helper_for(&self, registry: &RegistryName) -> Option<String> {
-        self.cred_helpers
-            .iter()
-            .find(|(k, _)| docker_key(k).as_ref() == Some(registry))
-            .map(|(_, h)| h.clone())
-            .or_else(|| self.creds_store.clone())
+        self.named_helper_for(registry).or_else(|| self.creds_store.clone())
     }
+
+    /// A `credHelpers` entry naming exactly this host (no `credsStore` fallback).
+    fn named_helper_for(&self, registry: &RegistryName) -> Option<String> {
+        self.cred_helpers.iter().find(|(k, _)| docker_key(k).as_ref() == Some(registry)).map(|(_, h)| h.clone())
+    }
+}
+
+/// Whose entries a lookup reads: an endpoint's own (explicit entries only) or the registry's.
+#[derive(Clone, Copy)]
+enum Scope {
+    Endpoint,
+    Registry,
+}
+
+/// The name credential sources use for an endpoint: its `host[:port]`, the port as written in the URL
+/// (a scheme's default port is not written).
+pub fn endpoint_name(endpoint: &url::Url) -> Option<RegistryName> {
+    let host = endpoint.host_str()?;
+    let name = match endpoint.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    RegistryName::parse(&name).ok()
 }
 
 /// Docker's convention for an OAuth2 refresh token in place of a password.
@@ -216,28 +235,54 @@ impl CredentialSources {
         out
     }
 
-    /// The operator's credential for this repository, if any source has one.
+    /// The operator's credential for a request to `endpoint` for this repository, if any source has
+    /// one. Entries naming the endpoint's own `host[:port]` come first, whichever registry it serves
+    /// (a private mirror has its own account), then the registry's. An endpoint's entries are used
+    /// for that endpoint only; the docker config's catch-all `credsStore` is asked for the registry.
     pub async fn lookup(
         self: &Arc<Self>,
+        endpoint: &url::Url,
         registry: &RegistryName,
         repo: &Repository,
     ) -> Result<Option<Sourced>, SourceError> {
-        if let Some((_, helper)) = self.helpers.iter().find(|(r, _)| r == registry) {
-            return self.ask_helper(helper, registry).await.map(Some);
+        if let Some(host) = endpoint_name(endpoint).filter(|h| h != registry) {
+            if let Some(found) = self.lookup_named(&host, repo, Scope::Endpoint).await? {
+                return Ok(Some(found));
+            }
+        }
+        self.lookup_named(registry, repo, Scope::Registry).await
+    }
+
+    async fn lookup_named(
+        self: &Arc<Self>,
+        name: &RegistryName,
+        repo: &Repository,
+        scope: Scope,
+    ) -> Result<Option<Sourced>, SourceError> {
+        let tag = |source: &str| match scope {
+            Scope::Endpoint => format!("{source} (endpoint {name})"),
+            Scope::Registry => source.to_owned(),
+        };
+        if let Some((_, helper)) = self.helpers.iter().find(|(r, _)| r == name) {
+            return self.ask_helper(helper, name).await.map(Some);
         }
         if let Some(file) = &self.creds_file {
             let creds = file.current().map_err(|reason| SourceError { from: "--creds-file".into(), reason })?;
-            if let Some(c) = creds.lookup(registry, repo) {
-                return Ok(Some(Sourced { credential: c.clone(), source: "--creds-file".into(), helper: None }));
+            if let Some(c) = creds.lookup(name, repo) {
+                return Ok(Some(Sourced { credential: c.clone(), source: tag("--creds-file"), helper: None }));
             }
         }
         if let Some(file) = &self.docker {
             let cfg = file.current().map_err(|reason| SourceError { from: "--docker-config".into(), reason })?;
-            if let Some(c) = cfg.auth_for(registry) {
-                return Ok(Some(Sourced { credential: c, source: "--docker-config auths".into(), helper: None }));
+            if let Some(c) = cfg.auth_for(name) {
+                return Ok(Some(Sourced { credential: c, source: tag("--docker-config auths"), helper: None }));
             }
-            if let Some(helper) = cfg.helper_for(registry) {
-                return self.ask_helper(&helper, registry).await.map(Some);
+            let helper = match scope {
+                Scope::Endpoint => cfg.named_helper_for(name),
+                Scope::Registry => cfg.helper_for(name),
+            };
+            if let Some(helper) = helper {
+                return self.ask_helper(&helper, name).await.map(Some);
             }
         }
         Ok(None)
@@ -361,5 +406,43 @@ mod tests {
         // The most recent answers are the ones kept.
         let last = RegistryName::parse(&format!("r{}.wild.test", MAX_HELPER_ANSWERS + 499)).unwrap();
         assert!(sources.helper_cache.contains_key(&(helper.clone(), last.to_string())));
+    }
+
+    #[tokio::test]
+    async fn an_endpoints_own_entries_come_before_the_registrys_and_go_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds.yaml");
+        std::fs::write(
+            &creds,
+            "127.0.0.1:5001: {username: first, password: p1}\n\
+             docker.io: {username: hub, password: p}\n",
+        )
+        .unwrap();
+        let docker = dir.path().join("config.json");
+        std::fs::write(&docker, r#"{"auths":{"myacr.azurecr.io":{"username":"acr","password":"p"}}}"#).unwrap();
+        let sources =
+            Arc::new(CredentialSources::new(Vec::new(), Some(&creds), Some(&docker), Duration::ZERO).unwrap());
+        let user = |endpoint: &str, registry: &str| {
+            let sources = sources.clone();
+            let (endpoint, registry) = (url::Url::parse(endpoint).unwrap(), RegistryName::parse(registry).unwrap());
+            async move {
+                let repo = Repository::parse("library/alpine").unwrap();
+                sources.lookup(&endpoint, &registry, &repo).await.unwrap().map(|s| s.credential.username)
+            }
+        };
+        // The port as written names the endpoint; another port on the same host is another endpoint.
+        assert_eq!(user("http://127.0.0.1:5001", "one.test").await.as_deref(), Some("first"));
+        assert_eq!(user("http://127.0.0.1:5002", "one.test").await, None);
+        // A mirror with its own entry (docker config) gets it; the registry's other endpoint gets the
+        // registry's entry.
+        assert_eq!(user("https://myacr.azurecr.io", "docker.io").await.as_deref(), Some("acr"));
+        assert_eq!(user("https://registry-1.docker.io", "docker.io").await.as_deref(), Some("hub"));
+        // Without an entry of its own, an endpoint gets the registry's (as before).
+        assert_eq!(user("https://mirror.example.com:8443", "docker.io").await.as_deref(), Some("hub"));
+        assert_eq!(
+            endpoint_name(&url::Url::parse("https://myacr.azurecr.io:443/").unwrap()).unwrap().as_str(),
+            "myacr.azurecr.io",
+            "a scheme's default port is not part of the name"
+        );
     }
 }

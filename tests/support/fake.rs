@@ -40,9 +40,14 @@ struct Blob {
     dropped: bool,
 }
 
+/// Pages of descriptors a referrers list is served in.
+type ReferrerPages = Vec<Vec<serde_json::Value>>;
+
 pub struct FakeState {
     blobs: Mutex<HashMap<String, Blob>>,
     manifests: Mutex<HashMap<String, (Bytes, String, Fault)>>,
+    /// Referrers API: subject digest -> (pages of descriptors, fault).
+    referrers: Mutex<HashMap<String, (ReferrerPages, Fault)>>,
     requests: Mutex<Vec<FakeRequest>>,
     gate: tokio::sync::watch::Sender<bool>,
 }
@@ -61,6 +66,7 @@ impl FakeOrigin {
         let state = Arc::new(FakeState {
             blobs: Mutex::default(),
             manifests: Mutex::default(),
+            referrers: Mutex::default(),
             requests: Mutex::default(),
             gate,
         });
@@ -108,6 +114,13 @@ impl FakeOrigin {
         digest
     }
 
+    /// Serves the OCI 1.1 referrers API for `subject` (any repository): page `i` of `pages` at
+    /// `?page=i`, each linked to the next with `Link: <...>; rel="next"`. `Fault::Status` answers
+    /// with that status instead. Replaces what was set before.
+    pub fn set_referrers(&self, subject: &str, pages: ReferrerPages, fault: Fault) {
+        self.state.referrers.lock().unwrap().insert(subject.to_owned(), (pages, fault));
+    }
+
     /// Lets every held download continue.
     pub fn release(&self) {
         self.state.gate.send_replace(true);
@@ -132,6 +145,30 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
     let path = uri.path();
     if path == "/v2/" {
         return Response::new(Body::from("{}"));
+    }
+    if let Some((repo_path, subject)) = path.rsplit_once("/referrers/") {
+        let found = st.referrers.lock().unwrap().get(subject).cloned();
+        let Some((pages, fault)) = found else {
+            return status(404);
+        };
+        if let Fault::Status(code, _) = fault {
+            return status(code);
+        }
+        let page: usize = uri
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("page=")))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": pages.get(page).cloned().unwrap_or_default(),
+        });
+        let mut b = Response::builder().header("content-type", "application/vnd.oci.image.index.v1+json");
+        if page + 1 < pages.len() {
+            b = b.header("link", format!("<{repo_path}/referrers/{subject}?page={}>; rel=\"next\"", page + 1));
+        }
+        return b.body(Body::from(body.to_string())).unwrap();
     }
     if let Some((_, reference)) = path.rsplit_once("/manifests/") {
         let found = st.manifests.lock().unwrap().get(reference).cloned();

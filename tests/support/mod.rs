@@ -189,48 +189,100 @@ impl HttpResponse {
 /// `addr` is "127.0.0.1:PORT", `path` includes the query. Handles Content-Length, chunked and
 /// read-to-EOF bodies (HEAD responses have no body). Panics on I/O errors (30 s timeout).
 pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    let ctx = || format!("{method} http://{addr}{path}");
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{}: connect: {e}", ctx()));
+    http_begin(addr, method, path, headers).finish()
+}
+
+/// [`http_request`] with a request body (sent with its Content-Length).
+pub fn http_send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
+    http_start(addr, method, path, headers, body).finish()
+}
+
+/// A request whose response head has arrived and whose body may still be on its way: lets a test
+/// know the server has answered (e.g. joined a running download) before it lets the body complete.
+pub struct HttpPending {
+    ctx: String,
+    method: String,
+    stream: TcpStream,
+    raw: Vec<u8>,
+}
+
+/// Sends a request like [`http_request`] and waits only for the response head.
+pub fn http_begin(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpPending {
+    http_start(addr, method, path, headers, None)
+}
+
+fn http_start(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpPending {
+    let ctx = format!("{method} http://{addr}{path}");
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{ctx}: connect: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{}: write: {e}", ctx()));
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{}: read: {e}", ctx()));
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("{}: malformed response: {:?}", ctx(), String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let rest = &raw[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{}: bad status line {status_line:?}", ctx()));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut resp = HttpResponse { status, headers, body: Vec::new() };
-    if method.eq_ignore_ascii_case("HEAD") {
-        return resp;
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
     }
-    resp.body = if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        decode_chunked(rest).unwrap_or_else(|| panic!("{}: bad chunked body", ctx()))
-    } else if let Some(len) = resp.header("content-length") {
-        let len: usize = len.parse().unwrap_or_else(|_| panic!("{}: bad content-length {len:?}", ctx()));
-        assert!(rest.len() >= len, "{}: body truncated: {} of {len} bytes", ctx(), rest.len());
-        rest[..len].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    resp
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).unwrap_or_else(|e| panic!("{ctx}: read: {e}"));
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    HttpPending { ctx, method: method.to_owned(), stream, raw }
+}
+
+impl HttpPending {
+    /// The status code of the response head.
+    pub fn status(&self) -> u16 {
+        let line = self.raw.split(|&b| b == b'\r').next().unwrap_or_default();
+        String::from_utf8_lossy(line).split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// Reads the rest of the response and parses it.
+    pub fn finish(mut self) -> HttpResponse {
+        let ctx = &self.ctx;
+        self.stream.read_to_end(&mut self.raw).unwrap_or_else(|e| panic!("{ctx}: read: {e}"));
+        let raw = &self.raw;
+        let head_end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{ctx}: malformed response: {:?}", String::from_utf8_lossy(raw)));
+        let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+        let rest = &raw[head_end + 4..];
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{ctx}: bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut resp = HttpResponse { status, headers, body: Vec::new() };
+        if self.method.eq_ignore_ascii_case("HEAD") {
+            return resp;
+        }
+        resp.body = if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            decode_chunked(rest).unwrap_or_else(|| panic!("{ctx}: bad chunked body"))
+        } else if let Some(len) = resp.header("content-length") {
+            let len: usize = len.parse().unwrap_or_else(|_| panic!("{ctx}: bad content-length {len:?}"));
+            assert!(rest.len() >= len, "{ctx}: body truncated: {} of {len} bytes", rest.len());
+            assert!(rest.len() == len, "{ctx}: {} body bytes after a Content-Length of {len}", rest.len());
+            rest[..len].to_vec()
+        } else {
+            rest.to_vec()
+        };
+        resp
+    }
 }
 
 fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {

@@ -336,3 +336,37 @@ pub fn parse_access_line(line: &str) -> Option<AccessLine> {
     let status = rest[end + 1..].split_whitespace().next()?.parse().ok()?;
     Some(AccessLine { method, path, status })
 }
+
+/// Pushes one blob to `repo` of the registry at `addr` with the monolithic upload of the
+/// distribution API (POST, then PUT with the digest); returns its digest.
+pub fn push_blob_raw(addr: &str, repo: &str, data: &[u8]) -> String {
+    let digest = super::sha256_digest(data);
+    let started = super::http_send(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], Some(b""));
+    assert_eq!(started.status, 202, "start upload: {}", String::from_utf8_lossy(&started.body));
+    let location = started.header("location").expect("upload Location").to_owned();
+    let path =
+        location.split_once("://").map(|(_, rest)| &rest[rest.find('/').unwrap_or(rest.len())..]).unwrap_or(&location);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let put = super::http_send(
+        addr,
+        "PUT",
+        &format!("{path}{sep}digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        Some(data),
+    );
+    assert_eq!(put.status, 201, "finish upload: {}", String::from_utf8_lossy(&put.body));
+    digest
+}
+
+/// Pushes manifest `body` (of `media_type`) to `repo` under `reference` (tag or digest); returns its digest.
+pub fn push_manifest_raw(addr: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
+    let r = super::http_send(
+        addr,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Content-Type", media_type)],
+        Some(body),
+    );
+    assert_eq!(r.status, 201, "push manifest {reference}: {}", String::from_utf8_lossy(&r.body));
+    super::sha256_digest(body)
+}
