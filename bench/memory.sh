@@ -14,12 +14,14 @@
 #   OCICACHE_BIN  binary to measure (default target/release/ocicache if it exists, else target/debug/ocicache)
 #   MEM_N         total requests (default 40000)
 #   MEM_PARALLEL  concurrent requests (default 16)
+#   MEM_KINDS     the mix, in turn (default "repo repo method wild"; e.g. "wild" for wildcard registries only)
 #   MEM_KEEP=1    keep the temp dir (logs, /metrics at each checkpoint)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${MEM_N:-40000}
 PAR=${MEM_PARALLEL:-16}
+read -ra KINDS <<<"${MEM_KINDS:-repo repo method wild}"
 if [[ -n ${OCICACHE_BIN:-} ]]; then
     BIN=$OCICACHE_BIN
 elif [[ -x $ROOT/target/release/ocicache ]]; then
@@ -99,10 +101,11 @@ send() {
     : >"$cfg"
     for ((i = $1; i < $2; i++)); do
         ((i > $1)) && echo next >>"$cfg"
-        case $((i % 4)) in
-            0 | 1) printf 'url = "%s/v2/up.test/inv/r%d/manifests/v1"\n' "$BASE" "$i" ;;
-            2) printf 'request = "FOO%d"\nurl = "%s/v2/"\n' "$i" "$BASE" ;;
-            3) printf 'url = "%s/v2/r%d.wild.test/app/manifests/v1"\n' "$BASE" "$i" ;;
+        case ${KINDS[i % ${#KINDS[@]}]} in
+            repo) printf 'url = "%s/v2/up.test/inv/r%d/manifests/v1"\n' "$BASE" "$i" ;;
+            method) printf 'request = "FOO%d"\nurl = "%s/v2/"\n' "$i" "$BASE" ;;
+            wild) printf 'url = "%s/v2/r%d.wild.test/app/manifests/v1"\n' "$BASE" "$i" ;;
+            *) echo "unknown kind in MEM_KINDS: ${KINDS[i % ${#KINDS[@]}]}" >&2; exit 1 ;;
         esac >>"$cfg"
         printf 'output = "/dev/null"\nsilent\n' >>"$cfg"
     done
@@ -125,7 +128,7 @@ for cp in 2000 20000 "$N"; do
 done
 
 upstream_404=$(grep -c '" 404 ' "$WORK/registry.log" || true)
-echo "ocicache memory under invented names: $(basename "$BIN") ($BIN), $N requests, $PAR at a time"
+echo "ocicache memory under invented names: $(basename "$BIN") ($BIN), $N requests (${KINDS[*]}), $PAR at a time"
 case $BIN in *debug*) echo "(debug build: absolute RSS is higher than a release build's; growth is what counts)" ;; esac
 printf '%10s %12s %16s\n' requests "VmRSS MiB" "metric samples"
 for k in "${!AT[@]}"; do

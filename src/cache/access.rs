@@ -13,7 +13,7 @@ use crate::oci::{Digest, Target};
 
 /// Confirmations kept at most. Keys carry client-chosen repositories, references and credentials;
 /// a confirmation forgotten early costs one HEAD to the origin, nothing more.
-const MAX_GRANTS: u64 = 50_000;
+const MAX_GRANTS: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccessKey {

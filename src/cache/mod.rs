@@ -43,8 +43,9 @@ const REMOTE_MARK_TTL: Duration = Duration::from_secs(30);
 /// (content kind, digest) -> (private, when the tier said so). Digests are the client's to choose.
 type RemoteMarks = moka::sync::Cache<(&'static str, Digest), (bool, tokio::time::Instant)>;
 
-/// Private-marker answers kept at most; one forgotten costs one bucket lookup.
-const MAX_REMOTE_MARKS: u64 = 100_000;
+/// Private-marker answers kept at most (those of the last `REMOTE_MARK_TTL`); one forgotten costs
+/// one bucket lookup.
+const MAX_REMOTE_MARKS: u64 = 20_000;
 
 pub struct Cache {
     access: AccessCache,

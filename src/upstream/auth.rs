@@ -153,9 +153,10 @@ pub struct TokenRequest<'a> {
 }
 
 /// Token slots kept at most. A key is (registry, endpoint, repository, credential), and repository
-/// names are the client's to invent: without a bound, every invented name would keep a slot.
-/// Ten thousand is far more than the repositories a fleet pulls within a token's lifetime.
-const MAX_SLOTS: u64 = 10_000;
+/// names are the client's to invent: Docker Hub challenges for any name, so without a bound every
+/// invented name would keep a slot. 4,096 (a few MiB) is more than the repositories a fleet pulls
+/// within a token's lifetime; a slot evicted early costs one token request.
+const MAX_SLOTS: u64 = 4_096;
 
 /// How long a slot with no token yet is kept: longer than a token request can take (connect timeout
 /// plus read timeout), so waiters share one request. Once a token is in it, the slot lives as long as

@@ -95,7 +95,7 @@ fn probe_timeout(o: &OriginOptions) -> Duration {
 }
 
 /// Endpoints remembered as Basic-only, at most; one forgotten costs one extra 401 round trip.
-const MAX_BASIC_ENDPOINTS: u64 = 10_000;
+const MAX_BASIC_ENDPOINTS: u64 = 1_000;
 const BASIC_ENDPOINT_IDLE: Duration = Duration::from_secs(3600);
 
 /// How long a read may stall before the transfer counts as failed (and a blob fill resumes).
