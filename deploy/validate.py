@@ -143,6 +143,7 @@ SCENARIOS = {
             "tlsConfig": {"ca": {"secret": {"name": "ocicache-tls", "key": "ca.crt"}}, "serverName": "localhost"},
         },
         "prometheusRule": {"enabled": True},
+        "warmFromCluster": {"enabled": True},
         "nodeConfigurator": {"enabled": True, "ca": "/etc/containerd/certs.d/ocicache-ca.pem"},
     },
     "daemonset": {
@@ -886,8 +887,9 @@ def main() -> int:
         if hosts_cm:
             checked.append((f"plain manifests {fname} ocicache-hosts", toml_of(hosts_cm, "hosts.toml", f"plain manifests {fname}")[0]))
     for where, parsed in checked:
-        if parsed is not None and parsed != {"host": {mirror: {"capabilities": ["pull", "resolve"]}}}:
-            problem(f"{where}: expected one [host.\"{mirror}\"] with capabilities pull, resolve; got {parsed}")
+        expected = {"host": {mirror: {"capabilities": ["pull", "resolve"], "dial_timeout": "2000ms"}}}
+        if parsed is not None and parsed != expected:
+            problem(f"{where}: expected one [host.\"{mirror}\"] with capabilities pull, resolve and dial_timeout; got {parsed}")
 
     if args.binary:
         step(f"{args.binary}: every ocicache.toml started on 127.0.0.1, probes and auth over HTTP(S)")

@@ -176,6 +176,16 @@ pub struct Cli {
     #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
     pub endpoint_backoff: Option<Duration>,
 
+    /// Serve: list and watch the cluster's workloads and keep every image they use warm (needs
+    /// list/watch on pods, nodes and the workload kinds) [default: false]
+    #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    pub warm_from_cluster: Option<bool>,
+
+    /// Kubeconfig for --warm-from-cluster, warm --kubernetes and status --kubernetes [default: in-cluster
+    /// service account, $KUBECONFIG, ~/.kube/config]
+    #[arg(global = true, long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -205,6 +215,8 @@ pub enum Command {
     Warm(crate::cmd::warm::WarmArgs),
     /// Apply the eviction policy (--max-size, --max-age) to a cache directory offline
     Gc(crate::cmd::gc::GcArgs),
+    /// Report whether each image the cluster uses is cached (manifest, every blob, tag age)
+    Status(crate::cmd::status::StatusArgs),
 }
 
 /// Go's flag package accepts these spellings; containerd-registry-cache's README uses `=no`.
@@ -262,6 +274,8 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "deserialize_duration")]
     pub shutdown_delay: Option<Duration>,
+    pub warm_from_cluster: Option<bool>,
+    pub kubeconfig: Option<PathBuf>,
     /// Per-registry settings, keyed by registry name.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryFileConfig>,
@@ -324,6 +338,9 @@ pub struct Config {
     pub storage: Option<String>,
     pub shutdown_timeout: Duration,
     pub shutdown_delay: Duration,
+    /// Watch the cluster and keep the images it uses warm (`--warm-from-cluster`).
+    pub warm_from_cluster: bool,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -522,6 +539,8 @@ impl Config {
             storage,
             shutdown_timeout: cli.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
             shutdown_delay: cli.shutdown_delay.or(file.shutdown_delay).unwrap_or(Duration::ZERO),
+            warm_from_cluster: cli.warm_from_cluster.or(file.warm_from_cluster).unwrap_or(false),
+            kubeconfig: cli.kubeconfig.or(file.kubeconfig),
             creds_file,
             docker_config,
             credential_helpers,

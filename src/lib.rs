@@ -7,6 +7,7 @@
 
 pub mod bounded;
 pub mod cache;
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod error;
@@ -61,6 +62,7 @@ pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         htpasswd,
         metrics_auth: config.metrics_auth,
         ready: std::sync::atomic::AtomicBool::new(true),
+        cluster: std::sync::OnceLock::new(),
     }))
 }
 
@@ -82,6 +84,15 @@ pub async fn run(
         "ocicache serving"
     );
     store::eviction::spawn(state.cache.store().clone(), config.eviction, state.metrics.clone());
+    // Dropped once serving stops, which stops the watchers and the warm loop (no new downloads
+    // while the running ones finish).
+    let cluster_tasks = if config.warm_from_cluster {
+        let (cluster, running) = cluster::warmer::start(state.clone(), config.kubeconfig.as_deref()).await?;
+        let _ = state.cluster.set(cluster);
+        Some(running)
+    } else {
+        None
+    };
     let app = server::router(state.clone());
     let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let (signal_state, delay) = (state.clone(), config.shutdown_delay);
@@ -119,6 +130,7 @@ pub async fn run(
             Ok(())
         }
     };
+    drop(cluster_tasks);
     tokio::select! {
         _ = state.cache.downloads_finished() => {}
         _ = &mut deadline => tracing::warn!("shutdown timeout: abandoning running downloads"),

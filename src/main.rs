@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Hosts(args)) = command {
         return cmd::hosts::run(args);
     }
-    if matches!(command, Some(Command::Warm(_))) && cli.log_level.is_none() {
+    if matches!(command, Some(Command::Warm(_)) | Some(Command::Status(_))) && cli.log_level.is_none() {
         // The embedded server's per-request lines would break up warm's progress bars.
         cli.log_level = Some("warn".to_owned());
     }
@@ -29,6 +29,10 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Warm(args)) => {
             let all_ok = runtime.block_on(cmd::warm::run(args, config))?;
             std::process::exit(if all_ok { 0 } else { 1 });
+        }
+        Some(Command::Status(args)) => {
+            let all_cached = runtime.block_on(cmd::status::run(args, config))?;
+            std::process::exit(if all_cached { 0 } else { 1 });
         }
     }
     runtime.block_on(async move {

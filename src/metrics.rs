@@ -59,6 +59,14 @@ pub struct Metrics {
     store_entries: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
+    /// Images the cluster's workloads reference (`--warm-from-cluster`).
+    pub cluster_images_in_use: Gauge,
+    /// Of those, images a node could not pull from the cache alone right now.
+    pub cluster_images_not_cached: Gauge,
+    /// 1 when the last background warm of an image succeeded, 0 when it failed; one series per
+    /// image in use, capped by the warmer.
+    cluster_image_warm_ok: Family<Labels, Gauge>,
+    cluster_warms: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -147,7 +155,35 @@ impl Metrics {
         registry.register("ocicache_evictions", "Files evicted (--max-size, --max-age, disk full)", evictions.clone());
         let evicted_bytes = Counter::default();
         registry.register("ocicache_evicted_bytes", "Bytes evicted", evicted_bytes.clone());
+        let cluster_images_in_use = Gauge::default();
+        registry.register(
+            "ocicache_cluster_images_in_use",
+            "Images the cluster's pods and workload templates reference (--warm-from-cluster)",
+            cluster_images_in_use.clone(),
+        );
+        let cluster_images_not_cached = Gauge::default();
+        registry.register(
+            "ocicache_cluster_images_not_cached",
+            "Images in use whose manifest or blobs the cache does not hold",
+            cluster_images_not_cached.clone(),
+        );
+        let cluster_image_warm_ok = Family::<Labels, Gauge>::default();
+        registry.register(
+            "ocicache_cluster_image_warm_ok",
+            "1 if the last background warm of an image in use succeeded, 0 if it failed",
+            cluster_image_warm_ok.clone(),
+        );
+        let cluster_warms = Family::<Labels, Counter>::default();
+        registry.register(
+            "ocicache_cluster_warms",
+            "Background warms of images in use by result",
+            cluster_warms.clone(),
+        );
         Metrics {
+            cluster_images_in_use,
+            cluster_images_not_cached,
+            cluster_image_warm_ok,
+            cluster_warms,
             store_bytes,
             store_entries,
             evictions,
@@ -240,6 +276,21 @@ impl Metrics {
     pub fn evicted(&self, files: u64, bytes: u64) {
         self.evictions.inc_by(files);
         self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// A background warm of an image in use ended; `series` says whether the image has its own
+    /// `ocicache_cluster_image_warm_ok` series (the warmer caps them).
+    pub fn cluster_warm_result(&self, image: &str, ok: bool, series: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.cluster_warms.get_or_create(&vec![("result", result.to_owned())]).inc();
+        if series {
+            self.cluster_image_warm_ok.get_or_create(&vec![("image", image.to_owned())]).set(i64::from(ok));
+        }
+    }
+
+    /// An image left the cluster: its series goes too.
+    pub fn cluster_forget_image(&self, image: &str) {
+        self.cluster_image_warm_ok.remove(&vec![("image", image.to_owned())]);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -179,11 +179,21 @@ impl Flights {
         }
     }
 
-    /// A download for one client, with its own credentials: not shared with other clients while it
-    /// runs, and stored marked private so later readers must prove access.
+    /// A download with one client's own credentials, stored marked private. It is listed like any
+    /// flight until its commit, so the same client asking again before the file is in place joins it
+    /// instead of downloading again; every other request that joins a private flight proves its own
+    /// access to the origin first (see `Cache::get_blob`). When another flight of the digest is
+    /// already listed, this one runs unlisted.
     pub async fn private(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Arc<Flight>> {
         let temp = self.store.temp_file().await?;
-        self.launch(digest, origin, opener, Commit::Unlisted, temp)
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(digest) {
+            drop(map);
+            return self.launch(digest, origin, opener, Commit::Unlisted, temp);
+        }
+        let flight = self.launch(digest, origin, opener, Commit::Shared { private: true }, temp)?;
+        map.insert(digest.clone(), flight.clone());
+        Ok(flight)
     }
 
     /// Starts the download task into `temp` (created by the caller, outside any lock).

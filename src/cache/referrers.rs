@@ -193,23 +193,14 @@ impl Cache {
     }
 
     async fn stored_referrers(&self, q: &ReferrersQuery) -> Option<StoredReferrers> {
-        let (store, target, subject) = (self.store.clone(), q.target.clone(), q.subject.clone());
-        let raw = tokio::task::spawn_blocking(move || store.referrers(&target.registry, &target.repository, &subject))
-            .await
-            .ok()?
-            .ok()??;
+        let raw = self.store.referrers(&q.target.registry, &q.target.repository, &q.subject).await.ok()??;
         serde_json::from_slice(&raw).ok()
     }
 
     async fn keep_referrers(&self, q: &ReferrersQuery, manifests: &[serde_json::Value]) {
         let stored = StoredReferrers { fetched_at: now_secs(), manifests: manifests.to_vec() };
         let Ok(json) = serde_json::to_vec(&stored) else { return };
-        let (store, target, subject) = (self.store.clone(), q.target.clone(), q.subject.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            store.put_referrers(&target.registry, &target.repository, &subject, &json)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let written = self.store.put_referrers(&q.target.registry, &q.target.repository, &q.subject, json).await;
         if let Err(e) = written {
             tracing::warn!(target = %q.target, subject = %q.subject, error = %e, "could not store referrers");
         }

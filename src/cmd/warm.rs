@@ -49,6 +49,15 @@ pub struct WarmArgs {
     /// that verify them keep working while the origin is down
     #[arg(long)]
     pub with_referrers: bool,
+    /// Warm every image the cluster runs: pods and the pod templates of deployments, daemonsets,
+    /// statefulsets, jobs and cronjobs, for the platforms of its nodes (unless --platform);
+    /// in-cluster credentials, $KUBECONFIG, ~/.kube/config or --kubeconfig
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Warm the images of Kubernetes objects in this file, as `kubectl get pods,nodes -A -o json`
+    /// (or -o yaml) prints them; Node objects in it give the platforms
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
 }
 
 /// Blobs of one image downloaded at once: enough to keep a link busy while one blob waits for its
@@ -68,9 +77,23 @@ const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 
 /// Returns whether every image was warmed.
 pub async fn run(args: WarmArgs, config: Config) -> anyhow::Result<bool> {
-    let images = collect_images(&args)?;
-    let platforms =
+    let cluster =
+        crate::cluster::source::load(args.kubernetes, args.from_file.as_deref(), config.kubeconfig.as_deref())
+            .await
+            .map_err(anyhow::Error::msg)?;
+    let images = collect_images(&args, cluster.as_ref().map(|w| w.images.clone()))?;
+    let mut platforms: Vec<Platform> =
         args.platform.iter().filter(|p| !p.trim().is_empty()).map(|p| Platform::parse(p)).collect::<Result<_, _>>()?;
+    if let Some(w) = &cluster {
+        for i in &w.invalid {
+            eprintln!("warning: {}: {:?} is not an image reference, skipped: {}", i.object, i.reference, i.reason);
+        }
+        if platforms.is_empty() && !w.platforms.is_empty() {
+            let names: Vec<String> = w.platforms.iter().map(ToString::to_string).collect();
+            eprintln!("platforms of the cluster's nodes: {}", names.join(", "));
+            platforms.clone_from(&w.platforms);
+        }
+    }
     let platforms: Arc<Vec<Platform>> = Arc::new(platforms);
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
@@ -139,8 +162,9 @@ pub async fn run(args: WarmArgs, config: Config) -> anyhow::Result<bool> {
     }
 }
 
-/// The images from the command line and `--file`, parsed, in order, duplicates dropped.
-fn collect_images(args: &WarmArgs) -> anyhow::Result<Vec<ImageRef>> {
+/// The images from the command line, `--file` and the cluster (`--kubernetes`, `--from-file`),
+/// parsed, in order, duplicates dropped.
+fn collect_images(args: &WarmArgs, cluster: Option<Vec<ImageRef>>) -> anyhow::Result<Vec<ImageRef>> {
     let mut raw: Vec<(String, String)> = args.images.iter().map(|s| (s.clone(), "command line".to_owned())).collect();
     if let Some(path) = &args.file {
         let text = if path.as_os_str() == "-" {
@@ -156,13 +180,19 @@ fn collect_images(args: &WarmArgs) -> anyhow::Result<Vec<ImageRef>> {
             }
         }
     }
-    if raw.is_empty() {
-        bail!("no images to warm: name them as arguments or list them in --file");
+    let from_cluster = cluster.unwrap_or_default();
+    if raw.is_empty() && from_cluster.is_empty() {
+        bail!("no images to warm: name them as arguments, list them in --file, or use --kubernetes or --from-file");
     }
     let mut seen = HashSet::new();
     let mut images = Vec::new();
     for (s, origin) in raw {
         let image = ImageRef::parse(&s).with_context(|| format!("{origin}: {s:?}"))?;
+        if seen.insert(image.to_string()) {
+            images.push(image);
+        }
+    }
+    for image in from_cluster {
         if seen.insert(image.to_string()) {
             images.push(image);
         }
@@ -353,6 +383,25 @@ struct Outcome {
 impl Outcome {
     fn failed(image: String, e: anyhow::Error) -> Outcome {
         Outcome { image, platforms: Vec::new(), blobs: 0, bytes: 0, referrers: 0, error: Some(format!("{e:#}")) }
+    }
+}
+
+/// The warm pipeline without a terminal: what `serve --warm-from-cluster` warms each image in use
+/// with, through the server's own loopback listener (see `cluster::warmer`).
+pub struct BackgroundWarmer {
+    puller: Puller,
+    progress: Progress,
+}
+
+impl BackgroundWarmer {
+    pub fn new(base: String, user: String, password: String) -> anyhow::Result<BackgroundWarmer> {
+        Ok(BackgroundWarmer { puller: Puller::new(base, Some((user, Some(password))))?, progress: Progress::quiet() })
+    }
+
+    /// Warms one image (the children of an index for `platforms`, all when empty).
+    pub async fn warm(&self, image: ImageRef, platforms: &[Platform]) -> Result<(), String> {
+        let outcome = warm_image(&self.puller, image, platforms, false, &self.progress).await;
+        outcome.error.map_or(Ok(()), Err)
     }
 }
 
@@ -909,6 +958,8 @@ struct Progress {
     overall: ProgressBar,
     images_done: Arc<std::sync::atomic::AtomicUsize>,
     images_total: Arc<std::sync::atomic::AtomicUsize>,
+    /// No output at all (the server logs through tracing instead).
+    quiet: bool,
 }
 
 impl Progress {
@@ -921,7 +972,17 @@ impl Progress {
             Some(m) => m.add(ProgressBar::new(0).with_style(bar_style("{msg:>12} ")).with_prefix("total")),
             None => ProgressBar::hidden(),
         };
-        Progress { multi, overall, images_done: Arc::default(), images_total: Arc::default() }
+        Progress { multi, overall, images_done: Arc::default(), images_total: Arc::default(), quiet: false }
+    }
+
+    fn quiet() -> Progress {
+        Progress {
+            multi: None,
+            overall: ProgressBar::hidden(),
+            images_done: Arc::default(),
+            images_total: Arc::default(),
+            quiet: true,
+        }
     }
 
     fn image_bar(&self, name: &str) -> ProgressBar {
@@ -960,7 +1021,7 @@ impl Progress {
 
     /// A plain line on stderr when there are no bars; with bars, the bars say it.
     fn log(&self, line: &str) {
-        if self.multi.is_none() {
+        if self.multi.is_none() && !self.quiet {
             eprintln!("{line}");
         }
     }

@@ -31,6 +31,9 @@ pub struct AppState {
     pub metrics_auth: bool,
     /// Cleared at shutdown so load balancers stop sending new pulls before the listener closes.
     pub ready: std::sync::atomic::AtomicBool,
+    /// The cluster's images in use and their warming, with `--warm-from-cluster` (set once the
+    /// watchers start, after the state is built).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::warmer::ClusterWarm>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -42,13 +45,75 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.metrics_auth {
         metrics_route = metrics_route.route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     }
+    // Names every image the cluster runs: as private as the content itself.
+    let status_route = Router::new()
+        .route("/status", get(status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
         .merge(metrics_route)
+        .merge(status_route)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(response::not_found)
         .layer(middleware::from_fn(limits))
         .with_state(state)
+}
+
+/// The `/v2` API alone on the loopback listener cluster warming pulls through (see
+/// `cluster::warmer`): only `user`/`password` get in, and the credentials are removed before the
+/// request reaches the cache, so they are neither mistaken for a client's origin credentials nor
+/// forwarded anywhere.
+pub fn loopback_router(state: Arc<AppState>, user: String, password: String) -> Router {
+    use base64::Engine as _;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+    let expected = Arc::new(expected);
+    let check = move |mut req: Request, next: Next| {
+        let expected = expected.clone();
+        async move {
+            let given = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+            if given.as_deref() != Some(expected.as_bytes()) {
+                let e = OciError::new(ErrorCode::Unauthorized, "authentication required");
+                return response::error(&crate::Error::Request(e), req.method() == http::Method::HEAD);
+            }
+            req.headers_mut().remove(AUTHORIZATION);
+            next.run(req).await
+        }
+    };
+    Router::new()
+        .route("/v2", any(v2::handle))
+        .route("/v2/", any(v2::handle))
+        .route("/v2/{*rest}", any(v2::handle))
+        .route_layer(middleware::from_fn(check))
+        .fallback(response::not_found)
+        .layer(middleware::from_fn(limits))
+        .with_state(state)
+}
+
+/// `/status`: each image the cluster uses and whether a node could pull it from the cache alone.
+/// JSON for `Accept: application/json` or `?format=json`, else a text table.
+async fn status(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let Some(cluster) = state.cluster.get() else {
+        return (
+            http::StatusCode::NOT_FOUND,
+            "no cluster is watched: start ocicache with --warm-from-cluster, or run `ocicache status --kubernetes`\n",
+        )
+            .into_response();
+    };
+    let query = req.uri().query().unwrap_or_default();
+    let json_query = url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "format" && v == "json");
+    let json_accept =
+        req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(',').any(|t| t.split(';').next().unwrap_or_default().trim() == "application/json")
+        });
+    let report = cluster.report().await;
+    if json_query || json_accept {
+        match serde_json::to_vec(&report) {
+            Ok(body) => ([(CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        }
+    } else {
+        ([(CONTENT_TYPE, "text/plain; charset=utf-8")], report.text()).into_response()
+    }
 }
 
 /// Longest request target accepted; distribution names are at most 255 characters.

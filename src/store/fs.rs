@@ -590,27 +590,33 @@ impl FsStore {
     }
 
     /// The stored referrers list of `subject`, as written by `put_referrers`.
-    pub fn referrers(
+    pub async fn referrers(
         &self,
         registry: &RegistryName,
         repo: &Repository,
         subject: &Digest,
     ) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.referrers_file(registry, repo, subject)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let path = self.referrers_file(registry, repo, subject);
+        self.blocking(move |_| {
+            assert_blocking_thread();
+            match fs::read(path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
-    pub fn put_referrers(
+    pub async fn put_referrers(
         &self,
         registry: &RegistryName,
         repo: &Repository,
         subject: &Digest,
-        json: &[u8],
+        json: Vec<u8>,
     ) -> io::Result<()> {
-        self.write_atomic(&self.referrers_file(registry, repo, subject), json)
+        let path = self.referrers_file(registry, repo, subject);
+        self.blocking(move |s| s.write_atomic(&path, &json)).await
     }
 
     fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<()> {

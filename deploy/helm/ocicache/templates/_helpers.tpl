@@ -127,6 +127,10 @@ Empty when there is none.
 # registry itself when the mirror is unreachable or answers an error.
 [host.{{ include "ocicache.mirrorEndpoint" . | quote }}]
   capabilities = ["pull", "resolve"]
+{{- with .Values.nodeConfigurator.dialTimeout }}
+  # containerd 2.1+ skips a cache that does not accept the connection within this long (older: ignored).
+  dial_timeout = {{ . | quote }}
+{{- end }}
 {{- if .Values.nodeConfigurator.ca }}
   ca = {{ .Values.nodeConfigurator.ca | toJson }}
 {{- end }}
