@@ -5,6 +5,7 @@
 //! `run` takes an already bound listener so tests (and embedders) choose the address, and a shutdown
 //! future so they choose when it stops.
 
+pub mod bounded;
 pub mod cache;
 pub mod cluster;
 pub mod cmd;

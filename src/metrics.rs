@@ -1,5 +1,10 @@
 //! Every Prometheus metric ocicache exports, registered in one place. Keeps the seed's
 //! `containerd_cache_total{result="hit|miss|skip"}` so existing dashboards keep working.
+//!
+//! Every label takes values from a bounded set, since each value is a series kept for the life of the
+//! process: methods are `GET`, `HEAD` or `other`; `registry` and `endpoint` values come from
+//! `Registries::label` / `Registries::endpoint_label` (a configured name, or the `*.domain` pattern
+//! that allowed an invented one), never from a name as the client sent it.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -212,7 +217,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn http_request(&self, route: &'static str, method: &str, status: u16) {
+    /// `method` is any token a client sent; only `GET` and `HEAD` are served, every other method is
+    /// counted as `other` so invented methods cannot add series.
+    pub fn http_request(&self, route: &'static str, method: &http::Method, status: u16) {
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::HEAD => "HEAD",
+            _ => "other",
+        };
         self.http_requests
             .get_or_create(&vec![
                 ("route", route.to_owned()),
@@ -294,4 +306,24 @@ impl Metrics {
 /// 5 ms to about 40 s: origin answers range from a loopback mirror to a struggling Docker Hub.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_series() {
+        let m = Metrics::new();
+        for i in 0..1_000 {
+            let method = http::Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+            m.http_request("other", &method, 405);
+        }
+        m.http_request("manifest", &http::Method::GET, 200);
+        m.http_request("manifest", &http::Method::HEAD, 200);
+        let text = m.render();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("ocicache_http_requests_total")).collect();
+        assert_eq!(series.len(), 3, "{series:#?}");
+        assert!(text.contains(r#"method="other",status="405"} 1000"#), "{text}");
+    }
 }

@@ -4,8 +4,6 @@
 //! (credential, registry/repository, reference) for `--auth-cache-ttl`, so a pull costs one small
 //! request per object per TTL, not a download.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -13,8 +11,9 @@ use tokio::time::Instant;
 
 use crate::oci::{Digest, Target};
 
-/// Entries are pruned when the table grows past this.
-const PRUNE_AT: usize = 50_000;
+/// Confirmations kept at most. Keys carry client-chosen repositories, references and credentials;
+/// a confirmation forgotten early costs one HEAD to the origin, nothing more.
+const MAX_GRANTS: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccessKey {
@@ -33,29 +32,26 @@ impl AccessKey {
 
 pub struct AccessCache {
     ttl: Duration,
-    granted: Mutex<HashMap<AccessKey, Instant>>,
+    /// Confirmation -> until when it holds (tokio's clock, which tests move; moka's own expiry at the
+    /// same TTL only gives the memory back).
+    granted: moka::sync::Cache<AccessKey, Instant>,
 }
 
 impl AccessCache {
     pub fn new(ttl: Duration) -> Self {
-        AccessCache { ttl, granted: Mutex::default() }
+        // moka refuses a zero time-to-live; with a zero TTL nothing is granted anyway.
+        AccessCache { ttl, granted: crate::bounded::expiring(MAX_GRANTS, ttl.max(Duration::from_millis(1))) }
     }
 
     pub fn granted(&self, key: &AccessKey) -> bool {
-        let map = self.granted.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key).is_some_and(|until| *until > Instant::now())
+        self.granted.get(key).is_some_and(|until| until > Instant::now())
     }
 
     pub fn grant(&self, key: AccessKey) {
         if self.ttl.is_zero() {
             return;
         }
-        let now = Instant::now();
-        let mut map = self.granted.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= PRUNE_AT {
-            map.retain(|_, until| *until > now);
-        }
-        map.insert(key, now + self.ttl);
+        self.granted.insert(key, Instant::now() + self.ttl);
     }
 }
 
@@ -77,5 +73,24 @@ mod tests {
         assert!(!cache.granted(&AccessKey::new(Some(&alice), &t, "blobs/y")));
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(!cache.granted(&k));
+    }
+
+    #[test]
+    fn grants_for_invented_names_stay_within_their_bound() {
+        let cache = AccessCache::new(Duration::from_secs(60));
+        let alice = HeaderValue::from_static("Basic YWxpY2U6cHc=");
+        let mut last = None;
+        for i in 0..100_000 {
+            let t = Target {
+                registry: RegistryName::parse("r.test").unwrap(),
+                repository: Repository::parse(&format!("invented/{i}")).unwrap(),
+            };
+            let k = AccessKey::new(Some(&alice), &t, "manifests/v1");
+            cache.grant(k.clone());
+            last = Some(k);
+        }
+        cache.granted.run_pending_tasks();
+        assert!(cache.granted.entry_count() <= MAX_GRANTS, "{} grants", cache.granted.entry_count());
+        assert!(cache.granted(&last.unwrap()), "the newest grant is kept");
     }
 }

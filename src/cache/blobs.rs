@@ -80,7 +80,7 @@ impl Cache {
             private_registry: self.policy.private_registries.contains(&target.registry),
         };
         let answer = if head { self.head_blob(&req).await? } else { self.get_blob(&req).await? };
-        self.metrics.cache_result(target.registry.as_str(), "blob", answer.result());
+        self.metrics.cache_result(&self.origin.registries().label(&target.registry), "blob", answer.result());
         Ok(answer)
     }
 

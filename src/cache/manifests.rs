@@ -86,7 +86,6 @@ impl HeadInfo {
 
 impl Cache {
     pub async fn manifest(&self, q: &ManifestQuery) -> Result<ManifestAnswer, Error> {
-        let registry = q.target.registry.as_str();
         if self.is_private_registry(q) {
             // Fetched with the operator's credentials: the client proves its own access first.
             self.check_access(&q.target, Resource::Manifest, q.path(), q.client_auth.as_ref(), None).await?;
@@ -95,7 +94,7 @@ impl Cache {
             Reference::Digest(d) => self.by_digest(q, d).await?,
             Reference::Tag(tag) => self.by_tag(q, tag).await?,
         };
-        self.metrics.cache_result(registry, "manifest", answer.result());
+        self.metrics.cache_result(&self.origin.registries().label(&q.target.registry), "manifest", answer.result());
         Ok(answer)
     }
 
@@ -171,12 +170,11 @@ impl Cache {
             TagDecision::Cache => (CacheResult::Hit, CacheResult::Miss),
             TagDecision::Skip => (CacheResult::Skip, CacheResult::Skip),
         };
-        let registry = q.target.registry.as_str();
         match self.head_upstream(q, identity).await {
             Ok(HeadInfo { digest: Some(d), media_type, size, public }) => {
                 let private = !public || self.is_private_registry(q);
                 let unchanged = d.to_string() == entry.digest;
-                self.metrics.revalidation(registry, !unchanged);
+                self.metrics.revalidation(&self.origin.registries().label(&q.target.registry), !unchanged);
                 if unchanged {
                     self.remember_tag(q, &d, &entry.media_type, entry.size, private).await;
                     return self.serve_entry(q, entry, unchanged_result).await;

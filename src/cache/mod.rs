@@ -40,13 +40,17 @@ type ManifestKey = (String, String, String);
 /// lookup per manifest request would cost a bucket round trip each.
 const REMOTE_MARK_TTL: Duration = Duration::from_secs(30);
 
-/// (content kind, digest) -> (private, when the tier said so).
-type RemoteMarks = std::collections::HashMap<(&'static str, Digest), (bool, tokio::time::Instant)>;
+/// (content kind, digest) -> (private, when the tier said so). Digests are the client's to choose.
+type RemoteMarks = moka::sync::Cache<(&'static str, Digest), (bool, tokio::time::Instant)>;
+
+/// Private-marker answers kept at most (those of the last `REMOTE_MARK_TTL`); one forgotten costs
+/// one bucket lookup.
+const MAX_REMOTE_MARKS: u64 = 20_000;
 
 pub struct Cache {
     access: AccessCache,
     /// Recent answers of the shared tier to "is this private?", per (kind, digest).
-    remote_marks: std::sync::Mutex<RemoteMarks>,
+    remote_marks: RemoteMarks,
     store: FsStore,
     origin: Arc<OriginClient>,
     flights: Arc<Flights>,
@@ -67,7 +71,7 @@ impl Cache {
         let flights = Flights::new(store.clone(), metrics.clone(), max_downloads);
         Cache {
             access: AccessCache::new(auth_cache_ttl),
-            remote_marks: Default::default(),
+            remote_marks: crate::bounded::expiring(MAX_REMOTE_MARKS, REMOTE_MARK_TTL),
             store,
             origin: Arc::new(origin),
             flights,
@@ -150,18 +154,14 @@ impl Cache {
         }
         let Some(remote) = self.store.remote() else { return false };
         let key = (kind.dir(), d.clone());
-        if let Some((private, at)) = self.remote_marks.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some((private, at)) = self.remote_marks.get(&key) {
             if at.elapsed() < REMOTE_MARK_TTL {
-                return *private;
+                return private;
             }
         }
         match remote.is_private(kind.dir(), d).await {
             Ok(private) => {
-                let mut marks = self.remote_marks.lock().unwrap_or_else(|p| p.into_inner());
-                if marks.len() > 100_000 {
-                    marks.clear();
-                }
-                marks.insert(key, (private, tokio::time::Instant::now()));
+                self.remote_marks.insert(key, (private, tokio::time::Instant::now()));
                 private
             }
             Err(_) => true,
@@ -170,7 +170,7 @@ impl Cache {
 
     /// Marks content private or public in every tier.
     pub(crate) async fn mark(&self, kind: ContentKind, d: &Digest, private: bool) -> Result<(), Error> {
-        self.remote_marks.lock().unwrap_or_else(|p| p.into_inner()).remove(&(kind.dir(), d.clone()));
+        self.remote_marks.invalidate(&(kind.dir(), d.clone()));
         if private {
             self.store.mark_private(kind, d).await?;
         } else {

@@ -72,7 +72,7 @@ struct Listed {
 impl Cache {
     pub async fn referrers(&self, q: &ReferrersQuery) -> Result<ReferrersAnswer, Error> {
         let a = self.referrers_answer(q).await?;
-        self.metrics.cache_result(q.target.registry.as_str(), "referrers", a.result);
+        self.metrics.cache_result(&self.origin.registries().label(&q.target.registry), "referrers", a.result);
         Ok(a)
     }
 

@@ -3,7 +3,7 @@
 //! added or rotated without a restart. bcrypt is deliberately slow, so a verified (user, password)
 //! pair is remembered (as a SHA-256, never the password) until the file changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,17 +16,38 @@ use crate::oci::Digest;
 /// How often the file's modification time is looked at.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// Verified (user, password) fingerprints kept at most. Only pairs that passed bcrypt get in, but
+/// bcrypt reads just the first 72 bytes of a password, so one user can make any number of passing
+/// passwords; a fingerprint forgotten costs one bcrypt check.
+#[cfg(not(test))]
+const MAX_VERIFIED: u64 = 10_000;
+/// Small in tests, which pay one (slow) bcrypt check per fingerprint to fill the set.
+#[cfg(test)]
+const MAX_VERIFIED: u64 = 200;
+/// A fingerprint not used for this long is forgotten.
+const VERIFIED_IDLE: Duration = Duration::from_secs(3600);
+
 pub struct Htpasswd {
     path: PathBuf,
     state: Mutex<Loaded>,
 }
 
-#[derive(Default)]
 struct Loaded {
     stamp: Option<(SystemTime, u64)>,
     checked: Option<Instant>,
     users: HashMap<String, String>,
-    verified: HashSet<String>,
+    verified: moka::sync::Cache<String, ()>,
+}
+
+impl Default for Loaded {
+    fn default() -> Self {
+        Loaded {
+            stamp: None,
+            checked: None,
+            users: HashMap::new(),
+            verified: crate::bounded::idle_expiring(MAX_VERIFIED, VERIFIED_IDLE),
+        }
+    }
 }
 
 impl Htpasswd {
@@ -59,7 +80,7 @@ impl Htpasswd {
             tracing::warn!(path = %self.path.display(), "htpasswd file has no bcrypt entries (use htpasswd -B)");
         }
         tracing::info!(path = %self.path.display(), users = users.len(), "loaded htpasswd");
-        *state = Loaded { stamp: Some(stamp), checked: state.checked, users, verified: HashSet::new() };
+        *state = Loaded { stamp: Some(stamp), checked: state.checked, users, ..Loaded::default() };
         Ok(())
     }
 
@@ -77,7 +98,7 @@ impl Htpasswd {
                     tracing::warn!(path = %self.path.display(), error = %e, "cannot re-read htpasswd");
                 }
             }
-            if state.verified.contains(&fingerprint) {
+            if state.verified.contains_key(&fingerprint) {
                 return true;
             }
             match state.users.get(&user) {
@@ -89,7 +110,7 @@ impl Htpasswd {
             .await
             .unwrap_or(false);
         if ok {
-            self.state.lock().unwrap_or_else(|p| p.into_inner()).verified.insert(fingerprint);
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).verified.insert(fingerprint, ());
         }
         ok
     }
@@ -136,5 +157,21 @@ mod tests {
         h.state.lock().unwrap().checked = None;
         assert!(h.verify(Some(&basic("bob", "pw2"))).await);
         assert!(!h.verify(Some(&basic("alice", "pw"))).await);
+    }
+
+    #[tokio::test]
+    async fn passwords_past_bcrypts_72_bytes_do_not_grow_the_verified_set_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        let long = "p".repeat(72);
+        std::fs::write(&path, format!("alice:{}\n", bcrypt::hash(&long, 4).unwrap())).unwrap();
+        let h = Htpasswd::open(&path).unwrap();
+        // bcrypt ignores everything after byte 72: each of these passes and is a new fingerprint.
+        for i in 0..(MAX_VERIFIED + 100) {
+            assert!(h.verify(Some(&basic("alice", &format!("{long}{i}")))).await);
+        }
+        let verified = h.state.lock().unwrap().verified.clone();
+        verified.run_pending_tasks();
+        assert!(verified.entry_count() <= MAX_VERIFIED, "{} fingerprints", verified.entry_count());
     }
 }

@@ -67,7 +67,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri
         }
     };
     let status = response.status().as_u16();
-    state.metrics.http_request(route_label, method.as_str(), status);
+    state.metrics.http_request(route_label, &method, status);
     match target {
         Some((target, result)) => {
             let expected = response

@@ -3,8 +3,11 @@
 //! Concurrent requests needing the same token wait for one token request instead of each sending one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use moka::policy::{EvictionPolicy, Expiry};
 
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -149,9 +152,61 @@ pub struct TokenRequest<'a> {
     pub rejected: Option<&'a str>,
 }
 
+/// Token slots kept at most. A key is (registry, endpoint, repository, credential), and repository
+/// names are the client's to invent: Docker Hub challenges for any name, so without a bound every
+/// invented name would keep a slot. 4,096 (a few MiB) is more than the repositories a fleet pulls
+/// within a token's lifetime; a slot evicted early costs one token request.
+const MAX_SLOTS: u64 = 4_096;
+
+/// How long a slot with no token yet is kept: longer than a token request can take (connect timeout
+/// plus read timeout), so waiters share one request. Once a token is in it, the slot lives as long as
+/// the token does.
+const SLOT_WITHOUT_TOKEN: Duration = Duration::from_secs(120);
+
+/// One key's token behind an async lock: the caller that fetches holds the lock and everyone else
+/// asking for the key waits for its answer instead of sending a request of their own. Waiters hold
+/// the `Arc`, so a slot evicted from the table while a request runs still coalesces those waiters;
+/// only a caller arriving after the eviction would send a second request.
 #[derive(Default)]
+struct Slot {
+    token: tokio::sync::Mutex<Option<Token>>,
+    /// Seconds the slot's token lives (0 until one was fetched): how long the table keeps the slot.
+    lifetime_secs: AtomicU64,
+}
+
+/// Slots expire with their token: a slot is worth nothing after it.
+struct SlotExpiry;
+
+impl Expiry<TokenKey, Arc<Slot>> for SlotExpiry {
+    fn expire_after_create(&self, _: &TokenKey, _: &Arc<Slot>, _: std::time::Instant) -> Option<Duration> {
+        Some(SLOT_WITHOUT_TOKEN)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &TokenKey,
+        slot: &Arc<Slot>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(slot.lifetime_secs.load(Ordering::Relaxed)).max(SLOT_WITHOUT_TOKEN))
+    }
+}
+
 pub struct TokenCache {
-    slots: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Option<Token>>>>>,
+    /// LRU (see `crate::bounded`): a flood of invented names must not keep a real client's slot out.
+    slots: moka::sync::Cache<TokenKey, Arc<Slot>>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        let slots = moka::sync::Cache::builder()
+            .max_capacity(MAX_SLOTS)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(SlotExpiry)
+            .build();
+        TokenCache { slots }
+    }
 }
 
 #[derive(Deserialize)]
@@ -162,15 +217,15 @@ struct TokenResponse {
 }
 
 impl TokenCache {
-    fn slot(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<Option<Token>>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(key.clone()).or_default().clone()
+    fn slot(&self, key: &TokenKey) -> Arc<Slot> {
+        self.slots.get_with_by_ref(key, Arc::default)
     }
 
     /// A token still valid for `key`, waiting for a request in progress rather than racing it.
+    /// Looking does not make a slot: most requests go to origins that never ask for a token.
     pub async fn cached(&self, key: &TokenKey) -> Option<String> {
-        let slot = self.slot(key);
-        let guard = slot.lock().await;
+        let slot = self.slots.get(key)?;
+        let guard = slot.token.lock().await;
         guard.as_ref().filter(|t| t.expires > Instant::now()).map(|t| t.value.clone())
     }
 
@@ -184,7 +239,7 @@ impl TokenCache {
     ) -> Result<String, TokenError> {
         let TokenRequest { realm: challenge_realm, service, scope, credential, rejected } = *r;
         let slot = self.slot(key);
-        let mut guard = slot.lock().await;
+        let mut guard = slot.token.lock().await;
         if let Some(t) = guard.as_ref() {
             if t.expires > Instant::now() && Some(t.value.as_str()) != rejected {
                 return Ok(t.value.clone());
@@ -238,6 +293,117 @@ impl TokenCache {
             .ok_or_else(|| failed("response has neither token nor access_token".into()))?;
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(60));
         *guard = Some(Token { value: value.clone(), expires: Instant::now() + lifetime - EXPIRY_MARGIN });
+        // Written again so the table keeps the slot for the token's life (and holds this slot even
+        // if the key was evicted while the request ran).
+        slot.lifetime_secs.store(lifetime.as_secs(), Ordering::Relaxed);
+        self.slots.insert(key.clone(), slot.clone());
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn key(repo: &str) -> TokenKey {
+        TokenKey {
+            registry: "r.test".into(),
+            endpoint: "https://r.test/".into(),
+            scope: format!("repository:{repo}:pull"),
+            credential: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn looking_for_tokens_of_invented_repositories_keeps_nothing() {
+        let cache = TokenCache::default();
+        for i in 0..100_000 {
+            assert!(cache.cached(&key(&format!("invented/{i}"))).await.is_none());
+        }
+        cache.slots.run_pending_tasks();
+        assert_eq!(cache.slots.entry_count(), 0);
+    }
+
+    #[test]
+    fn slots_stay_within_their_bound() {
+        let cache = TokenCache::default();
+        for i in 0..100_000 {
+            cache.slot(&key(&format!("invented/{i}")));
+        }
+        cache.slots.run_pending_tasks();
+        assert!(cache.slots.entry_count() <= MAX_SLOTS, "{} slots", cache.slots.entry_count());
+    }
+
+    /// A token realm that answers only when released, counting requests. An in-process stand-in: no
+    /// token server is packaged here, and the test needs to hold an answer back on demand.
+    async fn held_realm(requests: Arc<AtomicUsize>, release: Arc<tokio::sync::Notify>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let (requests, release) = (requests.clone(), release.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let Ok(n) = sock.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    let body = r#"{"token":"t1","expires_in":300}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/token")
+    }
+
+    #[tokio::test]
+    async fn waiters_share_one_token_request_even_when_a_flood_evicts_their_slot() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let realm = held_realm(requests.clone(), release.clone()).await;
+        let cache = Arc::new(TokenCache::default());
+        let http = reqwest::Client::new();
+        let k = key("real/app");
+        let mut waiters = Vec::new();
+        for _ in 0..8 {
+            let (cache, http, k, realm) = (cache.clone(), http.clone(), k.clone(), realm.clone());
+            waiters.push(tokio::spawn(async move {
+                let r =
+                    TokenRequest { realm: &realm, service: None, scope: &k.scope, credential: None, rejected: None };
+                cache.fetch(&http, &k, &r).await
+            }));
+        }
+        // Bounded poll: the first request has reached the realm, the other seven wait on its slot.
+        for _ in 0..2_000 {
+            if requests.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        for i in 0..(2 * MAX_SLOTS) {
+            cache.slot(&key(&format!("flood/{i}")));
+        }
+        cache.slots.run_pending_tasks();
+        assert!(!cache.slots.contains_key(&k), "the flood evicted the waiting slot");
+        release.notify_one();
+        for w in waiters {
+            assert_eq!(w.await.unwrap().unwrap(), "t1");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "one token request for all eight");
+        assert_eq!(cache.cached(&k).await.as_deref(), Some("t1"), "the token is kept after the flood");
     }
 }

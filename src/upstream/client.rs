@@ -94,6 +94,10 @@ fn probe_timeout(o: &OriginOptions) -> Duration {
     (o.connect_timeout + o.first_byte_timeout) * 2
 }
 
+/// Endpoints remembered as Basic-only, at most; one forgotten costs one extra 401 round trip.
+const MAX_BASIC_ENDPOINTS: u64 = 1_000;
+const BASIC_ENDPOINT_IDLE: Duration = Duration::from_secs(3600);
+
 /// How long a read may stall before the transfer counts as failed (and a blob fill resumes).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -134,10 +138,7 @@ impl OriginClient {
             registries,
             creds: Arc::new(creds),
             tokens: TokenCache::default(),
-            basic_endpoints: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
+            basic_endpoints: crate::bounded::idle_expiring(MAX_BASIC_ENDPOINTS, BASIC_ENDPOINT_IDLE),
         })
     }
 
@@ -212,14 +213,14 @@ impl OriginClient {
                 }
                 // A 429 says the endpoint is up: it closes an open circuit.
                 if self.health.succeeded(ep) {
-                    self.metrics.endpoint_recovered(registry.as_str(), ep);
+                    self.endpoint_metric(registry, endpoint, false);
                 }
                 tracing::warn!(%registry, endpoint = ep, retry_after_s = wait.map(|w| w.as_secs()), "origin is rate-limiting");
                 outcome.failed(e);
                 None
             }
             Err(e) if fails_over(&e) => {
-                self.metrics.endpoint_failed(registry.as_str(), ep);
+                self.endpoint_metric(registry, endpoint, true);
                 let reason = match &e {
                     Error::Unreachable { reason, .. } => reason.clone(),
                     other => other.to_string(),
@@ -235,11 +236,22 @@ impl OriginClient {
             }
             other => {
                 if self.health.succeeded(ep) {
-                    self.metrics.endpoint_recovered(registry.as_str(), ep);
+                    self.endpoint_metric(registry, endpoint, false);
                     tracing::info!(%registry, endpoint = ep, "origin endpoint answers again");
                 }
                 Some(other)
             }
+        }
+    }
+
+    /// Records an endpoint failing or answering again, labelled so that invented names (under a
+    /// `*.domain` pattern) share their pattern's series.
+    fn endpoint_metric(&self, registry: &RegistryName, endpoint: &Url, failed: bool) {
+        let (label, endpoint) = (self.registries.label(registry), self.registries.endpoint_label(registry, endpoint));
+        if failed {
+            self.metrics.endpoint_failed(&label, &endpoint);
+        } else {
+            self.metrics.endpoint_recovered(&label, &endpoint);
         }
     }
 
@@ -390,7 +402,7 @@ impl OriginClient {
                 return Err(self.unreachable(req, format!("no response within {secs}s")));
             }
         };
-        let registry = req.target.registry.as_str();
+        let registry = &self.registries.label(&req.target.registry);
         self.metrics.upstream_latency(registry, resp.status().as_u16(), started.elapsed().as_secs_f64());
         let limit = ratelimit_header(resp.headers().get("ratelimit-limit"));
         let remaining = ratelimit_header(resp.headers().get("ratelimit-remaining"));

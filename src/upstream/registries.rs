@@ -100,4 +100,42 @@ impl Registries {
     pub fn configured(&self) -> impl Iterator<Item = (&RegistryName, &Vec<Url>)> {
         self.endpoints.iter()
     }
+
+    /// The `registry` label of metrics about `name`. A name configured (`--upstream`, an exact
+    /// `--allow-registry`, a credentials source) or built in keeps its own; a name allowed only by a
+    /// `*.domain` pattern is labelled with that pattern, because clients may invent any number of
+    /// such names and each label value is a series Prometheus keeps. A name nobody allowed is `other`.
+    pub fn label(&self, name: &RegistryName) -> String {
+        if self.named_exactly(name) {
+            return name.to_string();
+        }
+        self.pattern_for(name).unwrap_or_else(|| "other".to_owned())
+    }
+
+    /// The `endpoint` label of metrics about one of `name`'s endpoints: its URL when the registry is
+    /// named exactly, else the registry's label (the endpoint `https://<name>` is invented too).
+    pub fn endpoint_label(&self, name: &RegistryName, endpoint: &Url) -> String {
+        if self.named_exactly(name) {
+            endpoint.to_string()
+        } else {
+            self.label(name)
+        }
+    }
+
+    fn named_exactly(&self, name: &RegistryName) -> bool {
+        self.endpoints.contains_key(name) || self.exact.contains(name)
+    }
+
+    /// The `*.domain` pattern that allows `name` (the most specific one), as the operator wrote it.
+    fn pattern_for(&self, name: &RegistryName) -> Option<String> {
+        let s = name.as_str();
+        if name.ip().is_some() || s.contains(':') {
+            return None;
+        }
+        self.suffixes
+            .iter()
+            .filter(|suf| s.ends_with(suf.as_str()))
+            .max_by_key(|suf| suf.len())
+            .map(|suf| format!("*{suf}"))
+    }
 }

@@ -4,7 +4,7 @@
 //! re-read when they change (secrets rotate); helper answers are cached for `credential_ttl` and
 //! fetched again at once when the origin rejects them. No secret is ever logged or put in an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -181,17 +181,22 @@ pub struct CredentialSources {
     creds_file: Option<Reloading<Credentials>>,
     docker: Option<Reloading<DockerConfig>>,
     helper_ttl: Duration,
-    /// Helper answers by (helper, server). Bounded: a `credsStore` answers for every registry, and
-    /// registry names allowed by a wildcard (`*.azurecr.io`) are client-chosen.
+    /// Helper answers per (helper, registry). A `credsStore` answers for any registry, and registries
+    /// under a `*.domain` pattern are the client's to invent: bounded, and gone after `helper_ttl`.
     helper_cache: moka::sync::Cache<(String, String), (Sourced, Instant)>,
-    refreshes: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Background refreshes running. Only keys in `helper_cache` start one, and at most
+    /// `MAX_REFRESHES` run at once; beyond that an answer is fetched when it expires.
+    refreshes: Mutex<HashSet<(String, String)>>,
 }
+
+/// Helper answers kept at most (one per registry and helper).
+const MAX_HELPER_ANSWERS: u64 = 1_000;
+
+/// Background helper refreshes running at most at once.
+const MAX_REFRESHES: usize = 64;
 
 /// Helper answers are refreshed in the background once this fraction of `credential_ttl` has passed.
 const REFRESH_AT: f32 = 0.8;
-
-/// Most helper answers kept (one per helper and registry).
-const MAX_HELPER_ANSWERS: u64 = 10_000;
 
 /// How long a helper may take.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,10 +217,8 @@ impl CredentialSources {
                 .map(|p| Reloading::new(p, DockerConfig::parse).map_err(|e| format!("--docker-config {e}")))
                 .transpose()?,
             helper_ttl,
-            helper_cache: moka::sync::Cache::builder()
-                .max_capacity(MAX_HELPER_ANSWERS)
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
+            // moka refuses a zero time-to-live; with a zero TTL nothing is stored anyway.
+            helper_cache: crate::bounded::expiring(MAX_HELPER_ANSWERS, helper_ttl.max(Duration::from_millis(1))),
             refreshes: Mutex::default(),
         })
     }
@@ -292,8 +295,7 @@ impl CredentialSources {
 
     async fn ask_helper(self: &Arc<Self>, helper: &str, registry: &RegistryName) -> Result<Sourced, SourceError> {
         let key = (helper.to_owned(), registry.to_string());
-        let cached = self.helper_cache.get(&key);
-        if let Some((s, at)) = cached {
+        if let Some((s, at)) = self.helper_cache.get(&key) {
             if at.elapsed() < self.helper_ttl {
                 // Past most of its life: refresh in the background, so no request waits for the helper
                 // and the credential never lapses while in use.
@@ -316,7 +318,7 @@ impl CredentialSources {
     fn refreshing(&self, key: &(String, String), start: bool) -> bool {
         let mut set = self.refreshes.lock().unwrap_or_else(|p| p.into_inner());
         if start {
-            set.insert(key.clone())
+            set.len() < MAX_REFRESHES && set.insert(key.clone())
         } else {
             set.remove(key)
         }
@@ -357,7 +359,9 @@ impl CredentialSources {
             helper: Some(helper.to_owned()),
         };
         tracing::info!(%registry, helper = %program, "credentials from helper");
-        self.helper_cache.insert(key, (sourced.clone(), Instant::now()));
+        if !self.helper_ttl.is_zero() {
+            self.helper_cache.insert(key, (sourced.clone(), Instant::now()));
+        }
         Ok(sourced)
     }
 }
@@ -382,6 +386,26 @@ mod tests {
         assert_eq!(cfg.helper_for(&r("us-docker.pkg.dev")).as_deref(), Some("gcr"));
         assert_eq!(cfg.helper_for(&r("quay.io")).as_deref(), Some("desktop"));
         assert!(cfg.auth_for(&r("quay.io")).is_none());
+    }
+
+    #[tokio::test]
+    async fn helper_answers_for_invented_registries_stay_within_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-test");
+        std::fs::write(&helper, "#!/bin/sh\ncat >/dev/null\necho '{\"Username\":\"u\",\"Secret\":\"s\"}'\n").unwrap();
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let sources = Arc::new(CredentialSources::new(Vec::new(), None, None, Duration::from_secs(300)).unwrap());
+        let helper = helper.display().to_string();
+        for i in 0..(MAX_HELPER_ANSWERS + 500) {
+            let registry = RegistryName::parse(&format!("r{i}.wild.test")).unwrap();
+            assert_eq!(sources.ask_helper(&helper, &registry).await.unwrap().credential.username, "u");
+        }
+        sources.helper_cache.run_pending_tasks();
+        let kept = sources.helper_cache.entry_count();
+        assert!(kept <= MAX_HELPER_ANSWERS, "{kept} answers kept");
+        // The most recent answers are the ones kept.
+        let last = RegistryName::parse(&format!("r{}.wild.test", MAX_HELPER_ANSWERS + 499)).unwrap();
+        assert!(sources.helper_cache.contains_key(&(helper.clone(), last.to_string())));
     }
 
     #[tokio::test]

@@ -133,3 +133,36 @@ fn a_wildcard_registrys_internal_realm_is_still_refused() {
     let metadata = url::Url::parse("http://169.254.169.254/latest/meta-data/iam").unwrap();
     assert!(p.allows_url(&metadata, r.trust(&name("registry.gitlab.corp"))).is_err());
 }
+
+#[test]
+fn metric_labels_name_configured_registries_and_the_pattern_for_invented_ones() {
+    let mut ups = BTreeMap::new();
+    ups.insert(name("myreg.test"), vec![url::Url::parse("http://127.0.0.1:5000").unwrap()]);
+    let allowed = ["*.corp.example".into(), "*.b.corp.example".into(), "harbor.corp.example".into()];
+    let r = Registries::new(ups, &allowed).unwrap();
+    for (n, label) in [
+        ("myreg.test", "myreg.test"),
+        ("docker.io", "docker.io"),
+        ("ghcr.io", "ghcr.io"),
+        ("harbor.corp.example", "harbor.corp.example"),
+        ("x.azurecr.io", "*.azurecr.io"),
+        ("a.corp.example", "*.corp.example"),
+        ("a.b.corp.example", "*.b.corp.example"),
+        ("evil.example", "other"),
+        ("127.0.0.1:22", "other"),
+    ] {
+        assert_eq!(r.label(&name(n)), label, "{n}");
+    }
+    let ep = |s: &str| url::Url::parse(s).unwrap();
+    assert_eq!(r.endpoint_label(&name("myreg.test"), &ep("http://127.0.0.1:5000")), "http://127.0.0.1:5000/");
+    assert_eq!(
+        r.endpoint_label(&name("docker.io"), &ep("https://registry-1.docker.io")),
+        "https://registry-1.docker.io/"
+    );
+    assert_eq!(r.endpoint_label(&name("r1.azurecr.io"), &ep("https://r1.azurecr.io")), "*.azurecr.io");
+
+    // However many names clients invent, the label values are the few the operator wrote.
+    let labels: std::collections::HashSet<String> =
+        (0..100_000).map(|i| r.label(&name(&format!("r{i}.azurecr.io")))).collect();
+    assert_eq!(labels.len(), 1);
+}
