@@ -293,3 +293,45 @@ async fn ranges_past_the_end_and_at_the_edges_of_an_in_flight_blob() {
     }
     assert_eq!(origin.count("GET", &digest), 1);
 }
+
+/// Lazy-pulling snapshotters (stargz, SOCI, nydus) read ranges of cold layers and verify chunks
+/// themselves: a range that ends before the blob's end is answered in full as soon as its bytes have
+/// arrived, not after the whole download. One that ends at the blob's end still holds its last byte
+/// until the digest matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_below_the_download_front_completes_while_the_rest_is_still_downloading() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(1 << 20, 9);
+    // Fault: the origin holds after 512 KiB and sends the rest only on release().
+    let digest = origin.add_blob(data.clone(), Fault::HoldAt(512 * 1024));
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+    let url = blob_url(&cache, &digest);
+    let first_mib = client.get(&url).header("Range", "bytes=0-65535").send().await.unwrap();
+    assert_eq!(first_mib.status(), 206);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), read_all(first_mib))
+        .await
+        .expect("the range completes while the origin still holds the rest")
+        .unwrap();
+    assert_eq!(body, &data[..65536]);
+    let edge = client.get(&url).header("Range", "bytes=400000-524287").send().await.unwrap();
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), read_all(edge)).await.unwrap().unwrap();
+    assert_eq!(body, &data[400000..524288], "up to the last byte that has arrived");
+
+    // The tail range waits for the verification: it is not complete before the origin sends the rest.
+    let tail = client.get(&url).header("Range", "bytes=1000-").send().await.unwrap();
+    let mut tail = tail.bytes_stream();
+    let mut got = Vec::new();
+    while got.len() < 512 * 1024 - 1000 - 1 {
+        got.extend_from_slice(&tail.next().await.unwrap().unwrap());
+    }
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), tail.next()).await;
+    assert!(early.is_err(), "the tail's bytes past the download front cannot have arrived");
+    origin.release();
+    while let Some(c) = tail.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, &data[1000..]);
+    assert_eq!(origin.count("GET", &digest), 1, "one download served every range");
+}
+

@@ -465,8 +465,9 @@ impl Flight {
         }
     }
 
-    /// Bytes `start..end` (end exclusive; `None` = to the end) as they arrive. The final byte of the
-    /// range is sent only once the whole blob is verified; on failure the stream ends with an error.
+    /// Bytes `start..end` (end exclusive; `None` = to the end) as they arrive. When the range ends at the
+    /// blob's end, its final byte is sent only once the whole blob is verified (on failure the stream
+    /// ends with an error); a range that ends earlier is complete as soon as its bytes are here.
     pub fn read(
         self: &Arc<Self>,
         start: u64,
@@ -510,16 +511,21 @@ impl Flight {
                     None if complete => avail,
                     None => u64::MAX,
                 };
-                if pos >= stop && complete {
+                // Only a response that ends at the blob's end holds its final byte until the digest
+                // matched: a range that ends earlier (a lazy-pulling snapshotter's chunk, which it
+                // verifies itself; the origin would send the same bytes) finishes as soon as its bytes
+                // are here, without waiting for the rest of the download.
+                let ends_at_blob_end = end.is_none() || flight.total.get().is_none_or(|t| stop >= *t);
+                if pos >= stop && (complete || !ends_at_blob_end) {
                     return None;
                 }
                 let mut until = avail.min(stop);
-                if !complete && until > pos && (until == stop || end.is_none()) {
-                    // Hold back the response's final byte until the digest is verified.
+                if !complete && ends_at_blob_end && until > pos && (until == stop || end.is_none()) {
                     until -= 1;
                 }
                 // While the download runs, wait for a worthwhile amount rather than waking for every packet.
-                let worthwhile = complete || until - pos.min(until) >= MIN_READ || until == stop.saturating_sub(1);
+                let last = if ends_at_blob_end { stop.saturating_sub(1) } else { stop };
+                let worthwhile = complete || until - pos.min(until) >= MIN_READ || until == last;
                 if until > pos && worthwhile {
                     let n = (until - pos).min(READ_CHUNK as u64) as usize;
                     let file = flight.file.clone();
