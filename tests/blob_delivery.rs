@@ -334,4 +334,3 @@ async fn a_range_below_the_download_front_completes_while_the_rest_is_still_down
     assert_eq!(got, &data[1000..]);
     assert_eq!(origin.count("GET", &digest), 1, "one download served every range");
 }
-
