@@ -334,3 +334,43 @@ async fn a_range_below_the_download_front_completes_while_the_rest_is_still_down
     assert_eq!(got, &data[1000..]);
     assert_eq!(origin.count("GET", &digest), 1, "one download served every range");
 }
+
+/// A range far beyond the download front (a lazy puller reading the end of a cold layer whose fill
+/// has just begun) is fetched from the origin with its own Range request instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_far_beyond_the_download_front_is_asked_of_the_origin_at_once() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(8 << 20, 10);
+    // Fault: the fill (a GET without Range) holds after 256 KiB; ranged GETs are answered at once.
+    let digest = origin.add_blob(data.clone(), Fault::HoldUnrangedAt(256 * 1024));
+    let cache = Cache::start(&["--upstream", &format!("fake.test={}", origin.url())]);
+    let client = reqwest::Client::new();
+    let url = blob_url(&cache, &digest);
+    let fill = client.get(&url).send().await.unwrap();
+    let mut fill = fill.bytes_stream();
+    let mut got = fill.next().await.unwrap().unwrap().len();
+
+    let (start, end) = (6 << 20, (6 << 20) + 100_000);
+    let r = client.get(&url).header("Range", format!("bytes={start}-{}", end - 1)).send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), read_all(r))
+        .await
+        .expect("answered without waiting for the fill")
+        .unwrap();
+    assert_eq!(body, &data[start..end]);
+    let ranged: Vec<_> = origin.requests().into_iter().filter(|q| q.range.is_some()).collect();
+    assert_eq!(ranged.len(), 1, "{ranged:?}");
+    assert_eq!(ranged[0].range.as_deref(), Some(format!("bytes={start}-").as_str()));
+
+    // The fill goes on and is stored whole, verified.
+    origin.release();
+    while let Some(c) = fill.next().await {
+        got += c.unwrap().len();
+    }
+    assert_eq!(got, data.len());
+    let stored = poll_for(DEFAULT_TIMEOUT, "the blob is stored", || {
+        let blobs = cache.stored_blobs();
+        (blobs.len() == 1).then_some(blobs)
+    });
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), data);
+}

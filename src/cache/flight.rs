@@ -30,6 +30,9 @@ const MAX_RESUMES: u32 = 5;
 pub const READ_CHUNK: usize = 1024 * 1024;
 /// Smallest read handed to a client while a download is still growing.
 const MIN_READ: u64 = 128 * 1024;
+/// A range that ends before the blob's end and starts this far beyond the download front is fetched
+/// from the origin with a Range request of its own rather than waiting for the fill to get there.
+const AHEAD_OF_FRONT: u64 = 4 << 20;
 
 /// An origin body, from some offset.
 pub struct BlobSource {
@@ -519,6 +522,22 @@ impl Flight {
                 if pos >= stop && (complete || !ends_at_blob_end) {
                     return None;
                 }
+                if !complete && !ends_at_blob_end && pos == start && start > avail.saturating_add(AHEAD_OF_FRONT) {
+                    // Far beyond the front: ask the origin for just these bytes, as the client would
+                    // have without a cache. Unverifiable alone, like the origin's own answer would be;
+                    // if the origin cannot, wait for the fill.
+                    match range_from_origin(&flight, start, stop).await {
+                        Ok(mut direct) => {
+                            return direct.next().await.map(|item| {
+                                let more = item.is_ok();
+                                (item, more.then_some(ReadState::Relay(direct)))
+                            });
+                        }
+                        Err(e) => {
+                            tracing::info!(digest = %flight.digest, start, error = %e, "range beyond the download front: waiting for the download instead");
+                        }
+                    }
+                }
                 let mut until = avail.min(stop);
                 if !complete && ends_at_blob_end && until > pos && (until == stop || end.is_none()) {
                     until -= 1;
@@ -544,6 +563,34 @@ impl Flight {
             }
         })
     }
+}
+
+/// Bytes `start..stop` straight from the origin (a Range request from `start`, read only as far as
+/// `stop`), for a range far beyond the download front.
+async fn range_from_origin(
+    flight: &Flight,
+    start: u64,
+    stop: u64,
+) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+    let source = (flight.opener)(start).await.map_err(|e| io::Error::other(e.to_string()))?;
+    tracing::debug!(digest = %flight.digest, start, stop, "range beyond the download front asked of the origin");
+    let want = stop - start;
+    let stream = futures_util::stream::unfold((source.body, 0u64), move |(mut body, sent)| async move {
+        if sent >= want {
+            // Dropping the body here closes the origin's connection: nothing past `stop` is read.
+            return None;
+        }
+        match body.next().await {
+            Some(Ok(mut chunk)) => {
+                chunk.truncate((want - sent).min(chunk.len() as u64) as usize);
+                let n = chunk.len() as u64;
+                Some((Ok(chunk), (body, sent + n)))
+            }
+            Some(Err(e)) => Some((Err(io::Error::other(e.to_string())), (body, want))),
+            None => Some((Err(io::Error::other("the origin's range ended early")), (body, want))),
+        }
+    });
+    Ok(stream.boxed())
 }
 
 /// Where a reader gets its bytes: the flight's file, or (after the disk filled up) the origin.

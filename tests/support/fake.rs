@@ -17,6 +17,9 @@ pub enum Fault {
     None,
     /// Send this many bytes, then wait until `release()` before sending the rest.
     HoldAt(usize),
+    /// Like `HoldAt`, for GETs without a `Range` only: ranged GETs are served at once (a client's
+    /// range beside a fill that is stuck).
+    HoldUnrangedAt(usize),
     /// Serve other bytes of the same length (the digest will not match).
     WrongBytes,
     /// On the first GET, send this many bytes and then break the connection.
@@ -216,6 +219,8 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
                 Fault::DropOnceAt(*n)
             }
             Fault::DropOnceAt(_) => Fault::None,
+            Fault::HoldUnrangedAt(n) if range.is_none() => Fault::HoldAt(*n),
+            Fault::HoldUnrangedAt(_) => Fault::None,
             f => f.clone(),
         };
         (b.data.clone(), fault)
