@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::warm::{ImageRef, Platform};
+use crate::cmd::warm::{Descriptor, ImageRef, ManifestDoc, Platform};
 use crate::oci::accept::is_index;
 use crate::oci::{Digest, Reference};
 use crate::store::{FsStore, StoredManifest, TagEntry};
@@ -174,7 +174,7 @@ async fn tree(lookup: &Lookup<'_>, digest: &Digest, platforms: &[Platform], dept
     if depth == 0 {
         s.manifest = true;
     }
-    let Ok(doc) = serde_json::from_slice::<Doc>(&m.bytes) else {
+    let Ok(doc) = serde_json::from_slice::<ManifestDoc>(&m.bytes) else {
         s.missing.get_or_insert_with(|| format!("manifest {digest} is not JSON"));
         return;
     };
@@ -182,13 +182,13 @@ async fn tree(lookup: &Lookup<'_>, digest: &Digest, platforms: &[Platform], dept
         if depth >= MAX_DEPTH {
             return;
         }
-        let entries: Vec<&Desc> = doc.manifests.iter().flatten().filter(|d| !d.is_attestation()).collect();
-        let chosen: Vec<&Desc> = if platforms.is_empty() {
+        let entries: Vec<&Descriptor> = doc.manifests.iter().flatten().filter(|d| !d.is_attestation()).collect();
+        let chosen: Vec<&Descriptor> = if platforms.is_empty() {
             entries
         } else {
             entries
                 .into_iter()
-                .filter(|d| d.platform.as_ref().is_some_and(|p| platforms.iter().any(|f| p.is(f))))
+                .filter(|d| d.platform.as_ref().is_some_and(|p| platforms.iter().any(|f| f.matches(p))))
                 .collect()
         };
         if chosen.is_empty() {
@@ -205,8 +205,8 @@ async fn tree(lookup: &Lookup<'_>, digest: &Digest, platforms: &[Platform], dept
         return;
     }
     for desc in doc.config.iter().chain(doc.layers.iter()) {
-        if !desc.urls.is_empty() {
-            continue; // foreign layers live outside any registry
+        if desc.is_foreign() {
+            continue; // foreign layers live outside any registry, and warm skips them too
         }
         s.blobs += 1;
         match desc.digest.parse::<Digest>() {
@@ -215,48 +215,6 @@ async fn tree(lookup: &Lookup<'_>, digest: &Digest, platforms: &[Platform], dept
                 s.missing.get_or_insert_with(|| format!("blob {} not cached", desc.digest));
             }
         }
-    }
-}
-
-#[derive(Deserialize)]
-struct Doc {
-    manifests: Option<Vec<Desc>>,
-    config: Option<Desc>,
-    #[serde(default)]
-    layers: Vec<Desc>,
-}
-
-#[derive(Deserialize)]
-struct Desc {
-    digest: String,
-    platform: Option<DescPlatform>,
-    #[serde(default)]
-    urls: Vec<String>,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
-
-impl Desc {
-    fn is_attestation(&self) -> bool {
-        self.annotations.get("vnd.docker.reference.type").is_some_and(|t| t == "attestation-manifest")
-    }
-}
-
-#[derive(Deserialize)]
-struct DescPlatform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    variant: Option<String>,
-}
-
-impl DescPlatform {
-    /// As `warm --platform`: a filter without a variant takes every variant.
-    fn is(&self, f: &Platform) -> bool {
-        f.os.eq_ignore_ascii_case(&self.os)
-            && f.architecture.eq_ignore_ascii_case(&self.architecture)
-            && f.variant.as_ref().is_none_or(|v| self.variant.as_deref().is_some_and(|pv| v.eq_ignore_ascii_case(pv)))
     }
 }
 

@@ -291,7 +291,7 @@ impl Platform {
     }
 
     /// A filter without a variant takes every variant (`linux/arm64` matches `linux/arm64/v8`).
-    fn matches(&self, p: &DescPlatform) -> bool {
+    pub(crate) fn matches(&self, p: &DescPlatform) -> bool {
         self.os.eq_ignore_ascii_case(&p.os)
             && self.architecture.eq_ignore_ascii_case(&p.architecture)
             && self.variant.as_ref().is_none_or(|v| p.variant.as_deref().is_some_and(|pv| v.eq_ignore_ascii_case(pv)))
@@ -309,37 +309,38 @@ impl fmt::Display for Platform {
 }
 
 /// The parts of a manifest or index that warming needs; everything else is ignored.
+/// (Also what `ocicache status` reads stored manifests with, so both count the same blobs.)
 #[derive(Debug, Deserialize)]
-struct ManifestDoc {
+pub(crate) struct ManifestDoc {
     #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-    manifests: Option<Vec<Descriptor>>,
-    config: Option<Descriptor>,
+    pub(crate) media_type: Option<String>,
+    pub(crate) manifests: Option<Vec<Descriptor>>,
+    pub(crate) config: Option<Descriptor>,
     #[serde(default)]
-    layers: Vec<Descriptor>,
+    pub(crate) layers: Vec<Descriptor>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
-    size: u64,
-    platform: Option<DescPlatform>,
+    pub(crate) size: u64,
+    pub(crate) platform: Option<DescPlatform>,
     #[serde(default)]
-    urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
+    pub(crate) annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-struct DescPlatform {
+pub(crate) struct DescPlatform {
     #[serde(default)]
-    os: String,
+    pub(crate) os: String,
     #[serde(default)]
-    architecture: String,
-    variant: Option<String>,
+    pub(crate) architecture: String,
+    pub(crate) variant: Option<String>,
 }
 
 impl DescPlatform {
@@ -354,12 +355,12 @@ impl DescPlatform {
 impl Descriptor {
     /// Build attestations (buildkit's provenance and SBOMs) sit in indexes as fake platforms;
     /// nodes never pull them, so neither does warming.
-    fn is_attestation(&self) -> bool {
+    pub(crate) fn is_attestation(&self) -> bool {
         self.annotations.get("vnd.docker.reference.type").is_some_and(|t| t == "attestation-manifest")
     }
 
     /// Foreign (Windows base) layers live outside the registry, so no cache can serve them.
-    fn is_foreign(&self) -> bool {
+    pub(crate) fn is_foreign(&self) -> bool {
         !self.urls.is_empty() && (self.media_type.contains("foreign") || self.media_type.contains("nondistributable"))
     }
 
