@@ -78,6 +78,13 @@ pub enum Error {
     Shared(Arc<Error>),
 }
 
+/// An error several requests share (a coalesced or joined download's), handed on to one of them.
+impl From<Arc<Error>> for Error {
+    fn from(e: Arc<Error>) -> Self {
+        Error::Shared(e)
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Store(Arc::new(e))

@@ -15,7 +15,7 @@ use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::{Digest, Target};
 use crate::store::ContentKind;
-use crate::upstream::{Identity, OriginClient, OriginRequest};
+use crate::upstream::{cache_then_client, Identity, OriginClient, OriginRequest};
 
 pub enum BlobAnswer {
     Stored {
@@ -125,7 +125,7 @@ impl Cache {
             }
         }
         self.confirm_if_private(req, false).await?;
-        let mut up = OriginRequest {
+        let up = OriginRequest {
             target: req.target,
             method: Method::HEAD,
             resource: Resource::Blob,
@@ -134,14 +134,11 @@ impl Cache {
             range: None,
             identity: Identity::Cache,
         };
-        let resp = match self.origin.send(&up).await {
-            Ok(r) => r,
-            Err(e) if e.wants_client_credentials() && req.client_auth.is_some() => {
-                up.identity = Identity::Client(req.client_auth.cloned());
-                self.origin.send(&up).await?
-            }
-            Err(e) => return Err(e),
-        };
+        let first = self.origin.send(&up).await;
+        let (resp, _) = cache_then_client(first, req.client_auth, |identity| async move {
+            self.origin.send(&OriginRequest { identity, ..up }).await
+        })
+        .await?;
         let size = header_u64(resp.headers().get(CONTENT_LENGTH));
         Ok(BlobAnswer::Head { size, result: CacheResult::Skip })
     }
@@ -174,18 +171,16 @@ impl Cache {
             // Joined a download another client was allowed to start: prove access too.
             self.confirm_if_private(req, true).await?;
         }
-        match flight.started().await {
-            Ok(size) => Ok(BlobAnswer::Flight { flight, size, started }),
-            Err(e) if e.wants_client_credentials() && req.client_auth.is_some() => {
-                // The origin wants credentials: fetch with the client's, store it as private.
-                let identity = Identity::Client(req.client_auth.cloned());
-                let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), identity);
-                let private = self.flights.private(req.digest, &label, open).await?;
-                let size = private.started().await.map_err(Error::Shared)?;
-                Ok(BlobAnswer::Flight { flight: private, size, started: true })
-            }
-            Err(e) => Err(Error::Shared(e)),
-        }
+        let first = flight.started().await.map(|size| (flight, size));
+        let ((flight, size), public) = cache_then_client(first, req.client_auth, |identity| async move {
+            // Fetched with the client's credentials: a download of its own, stored as private.
+            let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), identity);
+            let private = self.flights.private(req.digest, &label, open).await?;
+            let size = private.started().await?;
+            Ok((private, size))
+        })
+        .await?;
+        Ok(BlobAnswer::Flight { flight, size, started: started || !public })
     }
 }
 

@@ -16,7 +16,7 @@ use crate::oci::accept::is_index;
 use crate::oci::{AcceptList, Digest, Reference, Tag, Target};
 use crate::store::fs::{now_secs, valid_media_type};
 use crate::store::{ContentKind, StoredManifest, TagEntry};
-use crate::upstream::{Identity, OriginClient, OriginRequest};
+use crate::upstream::{cache_then_client, Identity, OriginClient, OriginRequest};
 
 /// The distribution registry refuses manifests above 4 MiB; so do we, to bound memory.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -275,27 +275,24 @@ impl Cache {
                 Ok(m)
             })
             .await;
-        match public {
-            Ok(m) => Ok((m, !private_registry)),
-            Err(e) if e.wants_client_credentials() && q.client_auth.is_some() => {
-                let identity = Identity::Client(q.client_auth.clone());
-                let accept = q.accept.header_value();
-                let m = fetch_once(&self.origin, &q.target, &q.reference, &accept, expected.as_ref(), identity).await?;
-                keep(&self.store, &q.target, &q.reference, &m, true, remember_tag, refresh).await;
-                // The client just proved access to this manifest.
-                let key = super::access::AccessKey::new(q.client_auth.as_ref(), &q.target, &q.path());
-                self.access.grant(key);
-                Ok((m, false))
-            }
-            Err(e) => Err(Error::Shared(e)),
-        }
+        let (m, public) = cache_then_client(public, q.client_auth.as_ref(), |identity| async move {
+            let accept = q.accept.header_value();
+            let m = fetch_once(&self.origin, &q.target, &q.reference, &accept, expected.as_ref(), identity).await?;
+            keep(&self.store, &q.target, &q.reference, &m, true, remember_tag, refresh).await;
+            // The client just proved access to this manifest.
+            let key = super::access::AccessKey::new(q.client_auth.as_ref(), &q.target, &q.path());
+            self.access.grant(key);
+            Ok(m)
+        })
+        .await?;
+        Ok((m, public && !private_registry))
     }
 
     /// HEAD at the origin with `identity`, falling back to the client's credentials when the cache's
     /// own identity is refused.
     async fn head_upstream(&self, q: &ManifestQuery, identity: Identity) -> Result<HeadInfo, Error> {
-        let mut public = matches!(identity, Identity::Cache);
-        let mut req = OriginRequest {
+        let as_cache = matches!(identity, Identity::Cache);
+        let req = OriginRequest {
             target: &q.target,
             method: Method::HEAD,
             resource: Resource::Manifest,
@@ -304,14 +301,14 @@ impl Cache {
             range: None,
             identity,
         };
-        let resp = match self.origin.send(&req).await {
-            Ok(r) => r,
-            Err(e) if public && e.wants_client_credentials() && q.client_auth.is_some() => {
-                req.identity = Identity::Client(q.client_auth.clone());
-                public = false;
-                self.origin.send(&req).await?
-            }
-            Err(e) => return Err(e),
+        let first = self.origin.send(&req).await;
+        let (resp, public) = if as_cache {
+            cache_then_client(first, q.client_auth.as_ref(), |identity| async move {
+                self.origin.send(&OriginRequest { identity, ..req }).await
+            })
+            .await?
+        } else {
+            (first?, false)
         };
         let h = resp.headers();
         let digest: Option<Digest> =

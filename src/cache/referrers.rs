@@ -133,6 +133,8 @@ impl Cache {
             let resp = match self.origin.send(&req).await {
                 Ok(r) => r,
                 Err(e) if not_found(&e) && page == 0 => return self.listed_by_tag_schema(q).await,
+                // Not `cache_then_client`: here a 404 means the origin has no referrers API (answered
+                // from the tag schema), not a repository hidden from the cache's identity.
                 Err(e)
                     if page == 0 && matches!(identity, Identity::Cache) && refused(&e) && q.client_auth.is_some() =>
                 {

@@ -20,7 +20,7 @@ use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::range::{self, RangeRequest};
 use crate::oci::{route, AcceptList, Digest, ErrorCode, OciError, Reference, Route, RouteKind, Target};
-use crate::upstream::{Identity, OriginRequest};
+use crate::upstream::{cache_then_client, Identity, OriginRequest};
 
 pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let started = Instant::now();
@@ -346,7 +346,7 @@ async fn tags(
         path.push('?');
         path.push_str(&url::form_urlencoded::Serializer::new(String::new()).extend_pairs(forwarded).finish());
     }
-    let mut req = OriginRequest {
+    let req = OriginRequest {
         target,
         method: if head { Method::HEAD } else { Method::GET },
         resource: Resource::Tags,
@@ -355,14 +355,12 @@ async fn tags(
         range: None,
         identity: Identity::Cache,
     };
-    let resp = match state.cache.origin().send(&req).await {
-        Ok(r) => r,
-        Err(e) if e.wants_client_credentials() && client_auth.is_some() => {
-            req.identity = Identity::Client(client_auth);
-            state.cache.origin().send(&req).await?
-        }
-        Err(e) => return Err(e),
-    };
+    let origin = state.cache.origin();
+    let first = origin.send(&req).await;
+    let (resp, _) = cache_then_client(first, client_auth.as_ref(), |identity| async move {
+        origin.send(&OriginRequest { identity, ..req }).await
+    })
+    .await?;
     let mut b = Response::builder().status(resp.status()).header(API_VERSION, "registry/2.0");
     for name in [CONTENT_TYPE, LINK] {
         if let Some(v) = resp.headers().get(&name) {

@@ -34,6 +34,28 @@ pub enum Identity {
     Client(Option<HeaderValue>),
 }
 
+/// The one rule for whose identity content is fetched with: the cache's own first; when the origin
+/// refuses it (401, 403, or 404 — a private repository looks absent to strangers) and the client sent
+/// credentials, `retry` once with exactly the client's. Returns the value and whether the cache's own
+/// identity was enough (`public`); content fetched with the client's is private.
+pub async fn cache_then_client<T, E, Fut>(
+    first: Result<T, E>,
+    client_auth: Option<&HeaderValue>,
+    retry: impl FnOnce(Identity) -> Fut,
+) -> Result<(T, bool), Error>
+where
+    E: std::borrow::Borrow<Error> + Into<Error>,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    match (first, client_auth) {
+        (Ok(v), _) => Ok((v, true)),
+        (Err(e), Some(auth)) if e.borrow().wants_client_credentials() => {
+            retry(Identity::Client(Some(auth.clone()))).await.map(|v| (v, false))
+        }
+        (Err(e), _) => Err(e.into()),
+    }
+}
+
 /// One request for an origin.
 pub struct OriginRequest<'a> {
     pub target: &'a Target,

@@ -9,7 +9,7 @@ pub mod health;
 pub mod registries;
 pub mod sources;
 
-pub use client::{Identity, OriginClient, OriginOptions, OriginRequest};
+pub use client::{cache_then_client, Identity, OriginClient, OriginOptions, OriginRequest};
 pub use creds::{Credential, Credentials};
 pub use registries::Registries;
 
