@@ -228,7 +228,7 @@ fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, identity: I
                 .bytes_stream()
                 .map_err(move |e| Error::Unreachable {
                     registry: registry.clone(),
-                    reason: crate::upstream::client::describe(&e),
+                    reason: crate::upstream::describe(&e),
                 })
                 .boxed();
             Ok(BlobSource { total, body })

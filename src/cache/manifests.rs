@@ -452,7 +452,7 @@ pub(crate) async fn read_bounded(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::Unreachable {
             registry: target.registry.clone(),
-            reason: crate::upstream::client::describe(&e),
+            reason: crate::upstream::describe(&e),
         })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());

@@ -259,10 +259,10 @@ impl TokenCache {
         }
         let req = match credential {
             // An OAuth2 refresh token (docker's `identitytoken`): the token endpoint's POST form.
-            Some(c) if c.username == super::sources::IDENTITY_TOKEN_USER => {
+            Some(Credential::IdentityToken(token)) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 form.append_pair("grant_type", "refresh_token");
-                form.append_pair("refresh_token", &c.password);
+                form.append_pair("refresh_token", token);
                 form.append_pair("client_id", "ocicache");
                 form.append_pair("scope", scope);
                 if let Some(s) = service {
@@ -274,10 +274,10 @@ impl TokenCache {
                     .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(form.finish())
             }
-            Some(c) => http.get(url).basic_auth(&c.username, Some(&c.password)),
+            Some(Credential::Password { username, password }) => http.get(url).basic_auth(username, Some(password)),
             None => http.get(url),
         };
-        let resp = req.send().await.map_err(|e| failed(crate::upstream::client::describe(&e)))?;
+        let resp = req.send().await.map_err(|e| failed(crate::upstream::describe(&e)))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(TokenError::Denied { realm: challenge_realm.to_owned(), status: status.as_u16() });

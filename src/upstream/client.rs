@@ -14,6 +14,7 @@ use url::Url;
 
 use super::auth::{realm_trusted, Challenge, TokenCache, TokenError, TokenKey, TokenRequest};
 use super::creds::Credential;
+use super::describe;
 use super::egress::{EgressPolicy, Trust};
 use super::health::{ceil_secs, Admission, OriginHealth, Refusal};
 use super::registries::Registries;
@@ -317,7 +318,7 @@ impl OriginClient {
         };
         let basic_known = self.basic_endpoints.contains_key(endpoint.as_str());
         let first_auth = match (basic_known, credential) {
-            (true, Some(c)) => Some(basic(c)),
+            (true, Some(c)) => basic(c),
             _ => self.tokens.cached(&key).await.map(|t| bearer(&t)),
         };
         let sent_token = first_auth.clone();
@@ -379,10 +380,11 @@ impl OriginClient {
                     Err(TokenError::Denied { .. }) => self.classify(req, resp),
                 }
             }
-            Some(Challenge::Basic) => match credential {
-                Some(c) => {
+            Some(Challenge::Basic) => match credential.map(|c| (c, basic(c))) {
+                Some((_, None)) => Err(rejected("an identity token cannot answer a Basic challenge".into())),
+                Some((_, Some(auth))) => {
                     self.basic_endpoints.insert(endpoint.to_string(), ());
-                    let resp = self.send_once(req, &url, Some(basic(c))).await?;
+                    let resp = self.send_once(req, &url, Some(auth)).await?;
                     if resp.status() == StatusCode::UNAUTHORIZED {
                         return Err(rejected("basic authentication failed".into()));
                     }
@@ -555,26 +557,15 @@ fn bearer(token: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
-fn basic(c: &Credential) -> HeaderValue {
+/// The Basic header for a username and password; an identity token has none.
+fn basic(c: &Credential) -> Option<HeaderValue> {
     use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+    let (username, password) = c.basic()?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     let mut v =
         HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
     v.set_sensitive(true);
-    v
-}
-
-/// A reqwest error with its causes, since the top-level message alone ("error sending request")
-/// does not tell an operator what went wrong.
-pub fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+    Some(v)
 }
 
 /// Adds an origin's own TLS settings: an extra CA, a client certificate, or (explicitly) no checks.

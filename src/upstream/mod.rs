@@ -15,3 +15,16 @@ pub use registries::Registries;
 
 #[cfg(test)]
 mod tests;
+
+/// A reqwest error with its causes, since the top-level message alone ("error sending request")
+/// does not tell an operator what went wrong.
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

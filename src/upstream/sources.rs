@@ -117,14 +117,14 @@ impl DockerConfig {
     fn auth_for(&self, registry: &RegistryName) -> Option<Credential> {
         let (_, a) = self.auths.iter().find(|(k, _)| docker_key(k).as_ref() == Some(registry))?;
         if let Some(token) = a.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-            return Some(Credential { username: IDENTITY_TOKEN_USER.into(), password: token.clone() });
+            return Some(Credential::IdentityToken(token.clone()));
         }
         if let (Some(u), Some(p)) = (&a.username, &a.password) {
-            return Some(Credential { username: u.clone(), password: p.clone() });
+            return Some(Credential::from_user(u.clone(), p.clone()));
         }
         let decoded = base64::engine::general_purpose::STANDARD.decode(a.auth.as_ref()?.trim()).ok()?;
         let (u, p) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-        Some(Credential { username: u.to_owned(), password: p.to_owned() })
+        Some(Credential::from_user(u.to_owned(), p.to_owned()))
     }
 
     fn helper_for(&self, registry: &RegistryName) -> Option<String> {
@@ -154,9 +154,6 @@ pub fn endpoint_name(endpoint: &url::Url) -> Option<RegistryName> {
     };
     RegistryName::parse(&name).ok()
 }
-
-/// Docker's convention for an OAuth2 refresh token in place of a password.
-pub const IDENTITY_TOKEN_USER: &str = "<token>";
 
 /// The server string a helper expects on stdin for a registry.
 fn helper_server(registry: &RegistryName) -> String {
@@ -354,7 +351,7 @@ impl CredentialSources {
         let answer: HelperAnswer =
             serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("unreadable answer: {e}")))?;
         let sourced = Sourced {
-            credential: Credential { username: answer.username, password: answer.secret },
+            credential: Credential::from_user(answer.username, answer.secret),
             source,
             helper: Some(helper.to_owned()),
         };
@@ -380,9 +377,9 @@ mod tests {
         )
         .unwrap();
         let r = |s: &str| RegistryName::parse(s).unwrap();
-        assert_eq!(cfg.auth_for(&r("docker.io")).unwrap().password, "secret");
-        assert_eq!(cfg.auth_for(&r("ghcr.io")).unwrap().username, "u");
-        assert_eq!(cfg.auth_for(&r("myacr.azurecr.io")).unwrap().username, IDENTITY_TOKEN_USER);
+        assert_eq!(cfg.auth_for(&r("docker.io")).unwrap().basic().unwrap().1, "secret");
+        assert_eq!(cfg.auth_for(&r("ghcr.io")).unwrap().username(), "u");
+        assert_eq!(cfg.auth_for(&r("myacr.azurecr.io")).unwrap(), Credential::IdentityToken("refresh".into()));
         assert_eq!(cfg.helper_for(&r("us-docker.pkg.dev")).as_deref(), Some("gcr"));
         assert_eq!(cfg.helper_for(&r("quay.io")).as_deref(), Some("desktop"));
         assert!(cfg.auth_for(&r("quay.io")).is_none());
@@ -398,7 +395,7 @@ mod tests {
         let helper = helper.display().to_string();
         for i in 0..(MAX_HELPER_ANSWERS + 500) {
             let registry = RegistryName::parse(&format!("r{i}.wild.test")).unwrap();
-            assert_eq!(sources.ask_helper(&helper, &registry).await.unwrap().credential.username, "u");
+            assert_eq!(sources.ask_helper(&helper, &registry).await.unwrap().credential.username(), "u");
         }
         sources.helper_cache.run_pending_tasks();
         let kept = sources.helper_cache.entry_count();
@@ -427,7 +424,7 @@ mod tests {
             let (endpoint, registry) = (url::Url::parse(endpoint).unwrap(), RegistryName::parse(registry).unwrap());
             async move {
                 let repo = Repository::parse("library/alpine").unwrap();
-                sources.lookup(&endpoint, &registry, &repo).await.unwrap().map(|s| s.credential.username)
+                sources.lookup(&endpoint, &registry, &repo).await.unwrap().map(|s| s.credential.username().to_owned())
             }
         };
         // The port as written names the endpoint; another port on the same host is another endpoint.

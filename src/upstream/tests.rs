@@ -80,8 +80,9 @@ fn creds_file_longest_prefix_wins() {
          ghcr.io/org/team:\n  username: team\n  password: p4\n",
     )
     .unwrap();
-    let user =
-        |reg: &str, repo: &str| c.lookup(&name(reg), &Repository::parse(repo).unwrap()).map(|c| c.username.clone());
+    let user = |reg: &str, repo: &str| {
+        c.lookup(&name(reg), &Repository::parse(repo).unwrap()).map(|c| c.username().to_owned())
+    };
     assert_eq!(user("docker.io", "library/alpine").as_deref(), Some("hub"));
     assert_eq!(user("ghcr.io", "other/x").as_deref(), Some("all"));
     assert_eq!(user("ghcr.io", "org/x").as_deref(), Some("org"));
