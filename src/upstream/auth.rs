@@ -406,4 +406,83 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 1, "one token request for all eight");
         assert_eq!(cache.cached(&k).await.as_deref(), Some("t1"), "the token is kept after the flood");
     }
+
+    /// A realm that records each request (head and body) and answers a token: an in-process stand-in,
+    /// to see exactly what a credential is turned into on the wire.
+    async fn recording_realm(seen: Arc<std::sync::Mutex<Vec<String>>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut req = Vec::new();
+                    loop {
+                        let Ok(n) = sock.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&req).to_string();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            seen.lock().unwrap().push(text);
+                            break;
+                        }
+                    }
+                    let body = r#"{"access_token":"t2","expires_in":300}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/token")
+    }
+
+    #[tokio::test]
+    async fn an_identity_token_is_exchanged_with_the_refresh_grant_and_a_password_goes_as_basic() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let realm = recording_realm(seen.clone()).await;
+        let http = reqwest::Client::new();
+        let cache = TokenCache::default();
+        let token = Credential::from_user("<token>".into(), "refresh-secret".into());
+        assert_eq!(token, Credential::IdentityToken("refresh-secret".into()));
+        assert!(token.basic().is_none(), "an identity token is never Basic");
+        let k = key("a/b");
+        let r = TokenRequest {
+            realm: &realm,
+            service: Some("reg"),
+            scope: &k.scope,
+            credential: Some(&token),
+            rejected: None,
+        };
+        assert_eq!(cache.fetch(&http, &k, &r).await.unwrap(), "t2");
+        let password = Credential::from_user("alice".into(), "pw".into());
+        let k2 = TokenKey { credential: password.id(), ..key("a/b") };
+        let r = TokenRequest { credential: Some(&password), ..r };
+        assert_eq!(cache.fetch(&http, &k2, &r).await.unwrap(), "t2");
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        let (post, get) = (&seen[0], &seen[1]);
+        assert!(post.starts_with("POST /token "), "{post}");
+        assert!(post.contains("grant_type=refresh_token") && post.contains("refresh_token=refresh-secret"), "{post}");
+        assert!(!post.to_ascii_lowercase().contains("authorization:"), "{post}");
+        assert!(get.starts_with("GET /token?"), "{get}");
+        // base64("alice:pw")
+        assert!(get.contains("YWxpY2U6cHc="), "{get}");
+        assert_ne!(token.id(), password.id());
+    }
 }
