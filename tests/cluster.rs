@@ -101,23 +101,7 @@ impl FakeApi {
         let (pod_events, _) = tokio::sync::broadcast::channel(16);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let state = ApiState { lists: Arc::new(lists), pod_events: pod_events.clone(), seen: seen.clone() };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let app = axum::Router::new().fallback(api).with_state(state);
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-            rt.shutdown_background();
-        });
+        let (port, tx) = serve_in_background(axum::Router::new().fallback(api).with_state(state));
         FakeApi { port, pod_events, seen, _shutdown: tx }
     }
 

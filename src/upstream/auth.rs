@@ -339,25 +339,58 @@ mod tests {
     /// A token realm that answers only when released, counting requests. An in-process stand-in: no
     /// token server is packaged here, and the test needs to hold an answer back on demand.
     async fn held_realm(requests: Arc<AtomicUsize>, release: Arc<tokio::sync::Notify>) -> String {
+        test_realm(r#"{"token":"t1","expires_in":300}"#, move |_| {
+            let (requests, release) = (requests.clone(), release.clone());
+            Box::pin(async move {
+                requests.fetch_add(1, Ordering::SeqCst);
+                release.notified().await;
+            })
+        })
+        .await
+    }
+
+    /// What a test realm does with each whole request (head and body, as text) before it answers.
+    type OnRequest = dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync;
+
+    /// A token realm on 127.0.0.1 that reads each request whole, lets `on_request` see it (and hold the
+    /// answer), then answers 200 with `body`.
+    async fn test_realm(
+        body: &'static str,
+        on_request: impl Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> String {
+        let on_request: Arc<OnRequest> = Arc::new(on_request);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else { return };
-                let (requests, release) = (requests.clone(), release.clone());
+                let on_request = on_request.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = vec![0u8; 8192];
+                    let mut req = Vec::new();
+                    let text = loop {
                         let Ok(n) = sock.read(&mut buf).await else { return };
                         if n == 0 {
                             return;
                         }
-                        head.extend_from_slice(&buf[..n]);
-                    }
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    release.notified().await;
-                    let body = r#"{"token":"t1","expires_in":300}"#;
+                        req.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&req).to_string();
+                        let Some((head, rest)) = text.split_once("\r\n\r\n") else { continue };
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if rest.len() >= len {
+                            break text;
+                        }
+                    };
+                    on_request(text).await;
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -407,48 +440,14 @@ mod tests {
         assert_eq!(cache.cached(&k).await.as_deref(), Some("t1"), "the token is kept after the flood");
     }
 
-    /// A realm that records each request (head and body) and answers a token: an in-process stand-in,
-    /// to see exactly what a credential is turned into on the wire.
+    /// A realm that records each request (head and body): an in-process stand-in, to see exactly what
+    /// a credential is turned into on the wire.
     async fn recording_realm(seen: Arc<std::sync::Mutex<Vec<String>>>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut req = Vec::new();
-                    loop {
-                        let Ok(n) = sock.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        req.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&req).to_string();
-                        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                            })
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            seen.lock().unwrap().push(text);
-                            break;
-                        }
-                    }
-                    let body = r#"{"access_token":"t2","expires_in":300}"#;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        format!("http://{addr}/token")
+        test_realm(r#"{"access_token":"t2","expires_in":300}"#, move |text| {
+            seen.lock().unwrap().push(text);
+            Box::pin(async {})
+        })
+        .await
     }
 
     #[tokio::test]

@@ -73,25 +73,8 @@ impl FakeOrigin {
             requests: Mutex::default(),
             gate,
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let st = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let app = axum::Router::new().fallback(handle).with_state(st);
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-            rt.shutdown_background();
-        });
-        FakeOrigin { port, state, _shutdown: tx }
+        let (port, shutdown) = serve_in_background(axum::Router::new().fallback(handle).with_state(state.clone()));
+        FakeOrigin { port, state, _shutdown: shutdown }
     }
 
     pub fn url(&self) -> String {
@@ -280,6 +263,28 @@ async fn handle(State(st): State<Arc<FakeState>>, method: Method, uri: Uri, head
         }
     });
     builder.body(Body::from_stream(stream)).unwrap()
+}
+
+/// Serves `app` on 127.0.0.1 (a port of its own) from a runtime on its own thread, so synchronous
+/// tests can use it too; it stops when the returned sender is dropped. For in-process stand-ins.
+pub fn serve_in_background(app: axum::Router) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        rt.shutdown_background();
+    });
+    (port, tx)
 }
 
 fn status(code: u16) -> Response {
