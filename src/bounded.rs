@@ -29,6 +29,15 @@ where
     Cache::builder().max_capacity(capacity).eviction_policy(EvictionPolicy::lru()).time_to_live(ttl).build()
 }
 
+/// At most `capacity` entries, the least recently used dropped first; no expiry.
+pub fn lru<K, V>(capacity: u64) -> Cache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder().max_capacity(capacity).eviction_policy(EvictionPolicy::lru()).build()
+}
+
 /// At most `capacity` entries, each dropped once nobody has read or written it for `idle`.
 pub fn idle_expiring<K, V>(capacity: u64, idle: Duration) -> Cache<K, V>
 where

@@ -25,14 +25,8 @@ pub use error::Error;
 
 /// Builds the application state from a validated config: opens the store, builds the origin client.
 pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
-    let mut store = store::FsStore::open(&config.cache_dir)
-        .map_err(|e| format!("cannot open cache directory {}: {e}", config.cache_dir.display()))?;
-    if let Some(url) = &config.storage {
-        let tier = store::object::ObjectTier::connect(url).await?;
-        tracing::info!(storage = %url, staging = %config.cache_dir.display(), "using shared object storage");
-        store = store.with_remote(Arc::new(tier));
-    }
     let metrics = Arc::new(metrics::Metrics::new());
+    let store = store::open(&config.cache_dir, config.storage.as_deref(), &metrics).await?;
     let sources = upstream::sources::CredentialSources::new(
         config.credential_helpers.clone(),
         config.creds_file.as_deref(),
@@ -78,12 +72,11 @@ pub async fn run(
     let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.listen.to_string());
     tracing::info!(
         listen = %bound,
-        cache_dir = %config.cache_dir.display(),
-        storage = config.storage.as_deref().unwrap_or("local disk"),
+        store = %state.cache.store().describe(),
         version = env!("CARGO_PKG_VERSION"),
         "ocicache serving"
     );
-    store::eviction::spawn(state.cache.store().clone(), config.eviction, state.metrics.clone());
+    state.cache.store().start_eviction(config.eviction, state.metrics.clone());
     // Dropped once serving stops, which stops the watchers and the warm loop (no new downloads
     // while the running ones finish).
     let cluster_tasks = if config.warm_from_cluster {
@@ -135,9 +128,6 @@ pub async fn run(
         _ = state.cache.downloads_finished() => {}
         _ = &mut deadline => tracing::warn!("shutdown timeout: abandoning running downloads"),
     }
-    // Uses recorded in memory become mtimes, so the next process evicts in the same order.
-    state.cache.store().flush_recency().await;
-    let store = state.cache.store().clone();
-    let _ = tokio::task::spawn_blocking(move || store.remove_own_temp_files()).await;
+    state.cache.store().shutdown().await;
     result
 }

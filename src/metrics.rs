@@ -58,6 +58,7 @@ pub struct Metrics {
     store_bytes: Gauge,
     store_entries: Gauge,
     evictions: Counter,
+    store_corrupt: Family<Labels, Counter>,
     evicted_bytes: Counter,
     /// Images the cluster's workloads reference (`--warm-from-cluster`).
     pub cluster_images_in_use: Gauge,
@@ -151,6 +152,12 @@ impl Metrics {
         registry.register("ocicache_store_bytes", "Bytes of blobs and manifests in the store", store_bytes.clone());
         let store_entries = Gauge::default();
         registry.register("ocicache_store_entries", "Blob and manifest files in the store", store_entries.clone());
+        let store_corrupt = Family::<Labels, Counter>::default();
+        registry.register(
+            "ocicache_store_corrupt",
+            "Stored blobs and manifests found not to match their digest when read, by tier (disk, bucket); each was removed",
+            store_corrupt.clone(),
+        );
         let evictions = Counter::default();
         registry.register("ocicache_evictions", "Files evicted (--max-size, --max-age, disk full)", evictions.clone());
         let evicted_bytes = Counter::default();
@@ -187,6 +194,7 @@ impl Metrics {
             store_bytes,
             store_entries,
             evictions,
+            store_corrupt,
             evicted_bytes,
             revalidations,
             endpoint_failures,
@@ -271,6 +279,11 @@ impl Metrics {
     pub fn store_usage(&self, bytes: u64, entries: u64) {
         self.store_bytes.set(bytes.min(i64::MAX as u64) as i64);
         self.store_entries.set(entries.min(i64::MAX as u64) as i64);
+    }
+
+    /// The counter of corrupt content found in one tier (`disk` or `bucket`), for the store to keep.
+    pub fn store_corrupt(&self, tier: &'static str) -> Counter {
+        self.store_corrupt.get_or_create(&vec![("tier", tier.to_owned())]).clone()
     }
 
     pub fn evicted(&self, files: u64, bytes: u64) {

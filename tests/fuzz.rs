@@ -11,7 +11,7 @@ use std::path::{Component, Path};
 
 use ocicache::oci::range::{self, ByteRange, RangeRequest};
 use ocicache::oci::{route, RegistryName, Route, RouteKind};
-use ocicache::store::FsStore;
+use ocicache::store::Disk;
 use proptest::prelude::*;
 
 fn default_registry() -> RegistryName {
@@ -19,7 +19,7 @@ fn default_registry() -> RegistryName {
 }
 
 /// Every accepted route maps to store paths below the root, without `..` or odd components.
-fn assert_safe(route: &Route, store: &FsStore) {
+fn assert_safe(route: &Route, store: &Disk) {
     let Route::Api { target, kind } = route else { return };
     let check = |p: &Path| {
         assert!(p.starts_with(store.root()), "{p:?} escapes the store");
@@ -35,17 +35,17 @@ fn assert_safe(route: &Route, store: &FsStore) {
 }
 
 /// One store for all cases: the properties only compute paths, they never write.
-fn shared_store() -> &'static FsStore {
-    static STORE: std::sync::OnceLock<(tempfile::TempDir, FsStore)> = std::sync::OnceLock::new();
+fn shared_store() -> &'static Disk {
+    static STORE: std::sync::OnceLock<(tempfile::TempDir, Disk)> = std::sync::OnceLock::new();
     let (_, store) = STORE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
+        let store = Disk::open(dir.path()).unwrap();
         (dir, store)
     });
     store
 }
 
-fn check_input(store: &FsStore, path: &str, ns: Option<&str>) -> bool {
+fn check_input(store: &Disk, path: &str, ns: Option<&str>) -> bool {
     match route::parse(path, ns, &default_registry()) {
         Ok(r) => {
             assert_safe(&r, store);
@@ -166,7 +166,7 @@ fn part(start: u128, end: u128) -> RangeRequest {
 #[test]
 fn corpus_inputs_never_panic_and_stay_inside_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let corpus = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/paths.txt")).unwrap();
     for line in corpus.lines().filter(|l| !l.is_empty()) {
         check_input(&store, line, None);

@@ -15,39 +15,48 @@ use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::{Digest, Target};
 use crate::store::ContentKind;
+use crate::store::{ByteStream, StoredBlob};
 use crate::upstream::{cache_then_client, Identity, OriginClient, OriginRequest};
 
+/// What a blob request gets: bytes to send (from the store or a download), or for a HEAD the size.
 pub enum BlobAnswer {
-    Stored {
-        file: std::fs::File,
-        size: u64,
-    },
-    /// Being downloaded; `size` when the origin announced it. `started`: by this request (a miss),
-    /// rather than joined (the origin is not asked again: a hit).
-    Flight {
-        flight: Arc<Flight>,
-        size: Option<u64>,
-        started: bool,
-    },
-    /// In the shared object tier (another replica fetched it); streamed from there.
-    Remote {
-        size: u64,
-    },
-    /// HEAD: the size if known.
-    Head {
-        size: Option<u64>,
-        result: CacheResult,
-    },
+    Bytes { body: BlobBody, result: CacheResult },
+    Head { size: Option<u64>, result: CacheResult },
 }
 
 impl BlobAnswer {
     pub fn result(&self) -> CacheResult {
         match self {
-            BlobAnswer::Stored { .. } | BlobAnswer::Remote { .. } => CacheResult::Hit,
-            BlobAnswer::Flight { started: true, .. } => CacheResult::Miss,
-            BlobAnswer::Flight { started: false, .. } => CacheResult::Hit,
-            BlobAnswer::Head { result, .. } => *result,
+            BlobAnswer::Bytes { result, .. } | BlobAnswer::Head { result, .. } => *result,
         }
+    }
+}
+
+/// A blob's bytes, wherever they come from: the size when known (a download whose origin sent no
+/// length has none) and how to read a range of them. The HTTP layer needs nothing else.
+pub struct BlobBody {
+    size: Option<u64>,
+    read: Box<dyn FnOnce(u64, Option<u64>) -> ByteStream + Send>,
+}
+
+impl BlobBody {
+    fn stored(blob: StoredBlob) -> Self {
+        let size = blob.size;
+        BlobBody { size: Some(size), read: Box::new(move |start, end| blob.read(start..end.unwrap_or(size))) }
+    }
+
+    fn flight(flight: Arc<Flight>, size: Option<u64>) -> Self {
+        BlobBody { size, read: Box::new(move |start, end| flight.read(start, end).boxed()) }
+    }
+
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    /// Bytes `start..end` (`None`: to the end, for a blob of unknown size). A body that ends at the
+    /// blob's end completes only if the blob matched its digest.
+    pub fn read(self, start: u64, end: Option<u64>) -> ByteStream {
+        (self.read)(start, end)
     }
 }
 
@@ -93,29 +102,9 @@ impl Cache {
         Ok(())
     }
 
-    /// The blob's size in the shared object tier, after any access check it needs; `None` when there
-    /// is no tier, the blob is not there, or the tier cannot be reached (then the origin is asked).
-    async fn remote_blob(&self, req: &BlobRequest<'_>) -> Result<Option<u64>, Error> {
-        let Some(remote) = self.store.remote() else { return Ok(None) };
-        match remote.blob_size(req.digest).await {
-            Ok(Some(size)) => {
-                self.confirm_if_private(req, self.is_private(ContentKind::Blob, req.digest).await).await?;
-                Ok(Some(size))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                tracing::warn!(digest = %req.digest, error = %e, "object storage lookup failed; asking the origin");
-                Ok(None)
-            }
-        }
-    }
-
     async fn head_blob(&self, req: &BlobRequest<'_>) -> Result<BlobAnswer, Error> {
-        if let Some(size) = self.store.blob_size(req.digest).await {
+        if let Some(size) = self.store.blob_size(req.digest).await? {
             self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest).await).await?;
-            return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
-        }
-        if let Some(size) = self.remote_blob(req).await? {
             return Ok(BlobAnswer::Head { size: Some(size), result: CacheResult::Hit });
         }
         if let Some(flight) = self.flights.get(req.digest) {
@@ -147,23 +136,15 @@ impl Cache {
         // Content of a private registry is fetched with the cache's credentials, so the client
         // proves its own access before anything is served or fetched.
         self.confirm_if_private(req, false).await?;
-        if self.store.remote().is_some()
-            && self.flights.get(req.digest).is_none()
-            && self.store.blob_size(req.digest).await.is_none()
-        {
-            if let Some(size) = self.remote_blob(req).await? {
-                return Ok(BlobAnswer::Remote { size });
-            }
-        }
         let label = req.target.registry.to_string();
         let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), Identity::Cache);
         let (flight, started) = match self.flights.join_or_start(req.digest, &label, open, req.private_registry).await?
         {
-            Joined::Stored { file, size } => {
+            Joined::Stored(blob) => {
                 if !req.private_registry {
                     self.confirm_if_private(req, self.store.is_private(ContentKind::Blob, req.digest).await).await?;
                 }
-                return Ok(BlobAnswer::Stored { file, size });
+                return Ok(BlobAnswer::Bytes { body: BlobBody::stored(blob), result: CacheResult::Hit });
             }
             Joined::Flight { flight, started } => (flight, started),
         };
@@ -175,12 +156,15 @@ impl Cache {
         let ((flight, size), public) = cache_then_client(first, req.client_auth, |identity| async move {
             // Fetched with the client's credentials: a download of its own, stored as private.
             let open = opener(self.origin.clone(), req.target.clone(), req.digest.clone(), identity);
-            let private = self.flights.private(req.digest, &label, open).await?;
+            let private = self.flights.start_private(req.digest, &label, open).await?;
             let size = private.started().await?;
             Ok((private, size))
         })
         .await?;
-        Ok(BlobAnswer::Flight { flight, size, started: started || !public })
+        // Started by this request (or fetched with the client's own credentials): a miss; joined a
+        // download already under way: a hit (the origin is not asked again).
+        let result = if started || !public { CacheResult::Miss } else { CacheResult::Hit };
+        Ok(BlobAnswer::Bytes { body: BlobBody::flight(flight, size), result })
     }
 }
 

@@ -1,7 +1,7 @@
 //! One upstream download per blob, shared by every client that wants it.
 //!
 //! The first request for an uncached digest starts a `Flight`: a task that streams the origin's body
-//! into a temp file, hashing as it writes, and publishes its progress on a watch channel. Every
+//! into a store `Fill` (a staging file), hashing as it writes, and publishes its progress on a watch channel. Every
 //! request for that digest while it runs, through any registry or repository name, reads the same
 //! growing file and gets bytes as soon as they are written. The task belongs to no client, so it
 //! finishes when the client that started it disconnects. The blob is committed to the store only
@@ -9,9 +9,7 @@
 //! never see a complete response with wrong bytes — on failure its body is cut short instead.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -22,12 +20,13 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, DigestHasher};
-use crate::store::{ContentKind, FsStore};
+use crate::store::fill::FillReader;
+use crate::store::{Fill, Store, StoredBlob};
 
 /// How many times a dropped download is resumed with a Range request before the flight fails.
 const MAX_RESUMES: u32 = 5;
-/// Bytes read from the file per chunk handed to a client.
-pub const READ_CHUNK: usize = 1024 * 1024;
+/// Bytes read from the fill per chunk handed to a client.
+pub const READ_CHUNK: usize = crate::store::disk::READ_CHUNK;
 /// Smallest read handed to a client while a download is still growing.
 const MIN_READ: u64 = 128 * 1024;
 /// A range that ends before the blob's end and starts this far beyond the download front is fetched
@@ -61,16 +60,13 @@ pub struct Flight {
     total: std::sync::OnceLock<u64>,
     /// Commits as private content: readers other than the one that started it prove access first.
     private: bool,
-    file: Arc<File>,
+    reader: FillReader,
     progress: watch::Receiver<Progress>,
 }
 
 /// What a request gets: the committed blob, or a flight to read along with.
 pub enum Joined {
-    Stored {
-        file: File,
-        size: u64,
-    },
+    Stored(StoredBlob),
     /// `started`: this request started the download (a miss); otherwise it joined one (a hit).
     Flight {
         flight: Arc<Flight>,
@@ -84,7 +80,7 @@ pub struct Flights {
     idle: tokio::sync::Notify,
     /// Bounds concurrent origin downloads (`--max-upstream-concurrency`); more wait their turn.
     downloads: Arc<tokio::sync::Semaphore>,
-    store: FsStore,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<Digest, Arc<Flight>>>,
     /// Flights that have left `inflight` (each after its commit). A request that found neither a
@@ -94,7 +90,7 @@ pub struct Flights {
 }
 
 impl Flights {
-    pub fn new(store: FsStore, metrics: Arc<Metrics>, max_downloads: usize) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_downloads: usize) -> Arc<Self> {
         let downloads = Arc::new(tokio::sync::Semaphore::new(max_downloads.max(1)));
         Arc::new(Flights {
             active: Default::default(),
@@ -141,42 +137,33 @@ impl Flights {
         opener: Opener,
         private: bool,
     ) -> io::Result<Joined> {
-        let mut temp: Option<crate::store::fs::TempFile> = None;
+        let mut fill: Option<Fill> = None;
         loop {
             let departed = self.departed.load(std::sync::atomic::Ordering::SeqCst);
             if let Some(flight) = self.get(digest) {
-                discard(temp);
                 return Ok(Joined::Flight { flight, started: false });
             }
-            match self.store.open_blob(digest).await {
-                Ok(Some((file, size))) => {
-                    discard(temp);
-                    return Ok(Joined::Stored { file, size });
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    discard(temp);
-                    return Err(e);
-                }
+            if let Some(blob) = self.store.open_blob(digest).await? {
+                return Ok(Joined::Stored(blob));
             }
-            let t = match temp.take() {
+            let t = match fill.take() {
                 Some(t) => t,
-                None => self.store.temp_file().await?,
+                None => self.store.begin_fill(digest).await?,
             };
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = map.get(digest) {
                 let flight = f.clone();
                 drop(map);
-                discard(Some(t));
+                drop(t);
                 return Ok(Joined::Flight { flight, started: false });
             }
             if self.departed.load(std::sync::atomic::Ordering::SeqCst) != departed {
                 // A download finished meanwhile, perhaps of this blob: look at the store again.
                 drop(map);
-                temp = Some(t);
+                fill = Some(t);
                 continue;
             }
-            let flight = self.launch(digest, origin, opener, Commit::Shared { private }, t)?;
+            let flight = self.launch(digest, origin, opener, Visibility::Joinable { private }, t);
             map.insert(digest.clone(), flight.clone());
             return Ok(Joined::Flight { flight, started: true });
         }
@@ -186,37 +173,41 @@ impl Flights {
     /// flight until its commit, so the same client asking again before the file is in place joins it
     /// instead of downloading again; every other request that joins a private flight proves its own
     /// access to the origin first (see `Cache::get_blob`). When another flight of the digest is
-    /// already listed, this one runs unlisted.
-    pub async fn private(self: &Arc<Self>, digest: &Digest, origin: &str, opener: Opener) -> io::Result<Arc<Flight>> {
-        let temp = self.store.temp_file().await?;
+    /// already listed, this one is the client's own.
+    pub async fn start_private(
+        self: &Arc<Self>,
+        digest: &Digest,
+        origin: &str,
+        opener: Opener,
+    ) -> io::Result<Arc<Flight>> {
+        let fill = self.store.begin_fill(digest).await?;
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if map.contains_key(digest) {
             drop(map);
-            return self.launch(digest, origin, opener, Commit::Unlisted, temp);
+            return Ok(self.launch(digest, origin, opener, Visibility::OwnOnly, fill));
         }
-        let flight = self.launch(digest, origin, opener, Commit::Shared { private: true }, temp)?;
+        let flight = self.launch(digest, origin, opener, Visibility::Joinable { private: true }, fill);
         map.insert(digest.clone(), flight.clone());
         Ok(flight)
     }
 
-    /// Starts the download task into `temp` (created by the caller, outside any lock).
+    /// Starts the download task into `fill` (created by the caller, outside any lock).
     fn launch(
         self: &Arc<Self>,
         digest: &Digest,
         origin: &str,
         opener: Opener,
-        commit: Commit,
-        temp: crate::store::fs::TempFile,
-    ) -> io::Result<Arc<Flight>> {
-        let reader = temp.file.try_clone()?;
+        visibility: Visibility,
+        fill: Fill,
+    ) -> Arc<Flight> {
         let (tx, rx) = watch::channel(Progress::Connecting);
-        let private = !matches!(commit, Commit::Shared { private: false });
+        let private = !matches!(visibility, Visibility::Joinable { private: false });
         let flight = Arc::new(Flight {
             digest: digest.clone(),
             opener: opener.clone(),
             total: std::sync::OnceLock::new(),
             private,
-            file: Arc::new(reader),
+            reader: fill.reader(),
             progress: rx,
         });
         let announced = flight.clone();
@@ -227,61 +218,27 @@ impl Flights {
         tokio::spawn(async move {
             let _permit = flights.downloads.clone().acquire_owned().await;
             flights.metrics.inflight_downloads.inc();
-            let file = Arc::new(temp.file);
-            let result = download(&flights.store, &origin, &announced, opener, file, &tx, &flights.metrics).await;
+            let result = download(&*flights.store, &origin, &announced, opener, &fill, &tx, &flights.metrics).await;
             drop(announced);
             match result {
-                Ok((total, file)) => {
-                    // The bytes are verified: readers may finish now, while the file is made durable
-                    // and moved into place (off the async workers: fsync of a large file takes time).
+                Ok(total) => {
+                    // The bytes are verified: readers may finish now, while the store makes the blob
+                    // durable and puts it in place (readers keep reading the fill meanwhile).
                     tx.send_replace(Progress::Complete { total });
-                    let committed = match flights.store.remote() {
-                        // Shared tier: the local file was only the staging area.
-                        Some(remote) => {
-                            drop(file);
-                            let kind = ContentKind::Blob.dir();
-                            let marked = if private {
-                                remote.mark_private(kind, &digest).await
-                            } else {
-                                remote.mark_public(kind, &digest).await
-                            };
-                            let uploaded = match marked {
-                                Ok(()) => remote.put_blob_file(&digest, &temp.path).await,
-                                Err(e) => Err(e),
-                            };
-                            remove_file(temp.path.clone()).await;
-                            uploaded.map_err(io::Error::other)
-                        }
-                        None => {
-                            let (store, path, d) = (flights.store.clone(), temp.path.clone(), digest.clone());
-                            tokio::task::spawn_blocking(move || {
-                                crate::store::fs::blocking_section(|| -> std::io::Result<()> {
-                                    file.sync_all()?;
-                                    if private {
-                                        store.mark_private_blocking(ContentKind::Blob, &d)?;
-                                    }
-                                    store.commit_blob_blocking(&path, &d)
-                                })
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(io::Error::other(e)))
-                        }
-                    };
-                    match committed {
+                    match flights.store.commit_fill(fill, private).await {
                         Ok(()) => tracing::debug!(%digest, bytes = total, private, "blob stored"),
                         Err(e) => {
-                            remove_file(temp.path.clone()).await;
-                            tracing::warn!(%digest, error = %e, "verified blob could not be stored; it was served, not kept");
+                            tracing::warn!(%digest, error = %e, "verified blob could not be stored; it was served, not kept")
                         }
                     }
                 }
                 Err(e) => {
-                    remove_file(temp.path.clone()).await;
+                    drop(fill);
                     tracing::warn!(%digest, error = %e, "blob download failed; nothing stored");
                     tx.send_replace(Progress::Failed(Arc::new(e)));
                 }
             }
-            if matches!(commit, Commit::Shared { .. }) {
+            if matches!(visibility, Visibility::Joinable { .. }) {
                 let mut map = flights.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 map.remove(&digest);
                 flights.departed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -291,61 +248,32 @@ impl Flights {
                 flights.idle.notify_waiters();
             }
         });
-        Ok(flight)
+        flight
     }
 }
 
-/// How a finished download is published.
+/// Who can read a download while it runs. Either way it is stored when complete.
 #[derive(Clone, Copy)]
-enum Commit {
-    /// Listed in the flight table (joinable by any request for the digest) and stored.
-    Shared { private: bool },
-    /// Not joinable; stored as private.
-    Unlisted,
-}
-
-/// Removes a temp file off the async workers (best effort: a leftover is removed at the next start).
-async fn remove_file(path: std::path::PathBuf) {
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
-}
-
-/// Drops a temp file prepared for a download that another request started first.
-fn discard(temp: Option<crate::store::fs::TempFile>) {
-    if let Some(t) = temp {
-        drop(t.file);
-        tokio::spawn(remove_file(t.path));
-    }
-}
-
-/// `pwrite` of a whole chunk, on the blocking pool (a write can wait on the disk for a long time).
-async fn pwrite(file: &Arc<File>, bytes: &Bytes, offset: u64) -> io::Result<()> {
-    let (file, bytes) = (file.clone(), bytes.clone());
-    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))
+enum Visibility {
+    /// Listed in the flight table: any request for the digest joins it (after proving access when
+    /// `private`).
+    Joinable { private: bool },
+    /// Only the client that started it (with its own credentials, while another download of the
+    /// digest is listed); stored private.
+    OwnOnly,
 }
 
 /// Writes a chunk at its offset. When the disk is full, asks for an eviction pass and tries once
 /// more (the write is positioned, so a partial first attempt is simply overwritten).
 /// `need`: bytes still to be written for this blob, so eviction frees enough at once.
-async fn write_at(
-    store: &FsStore,
-    digest: &Digest,
-    file: &Arc<File>,
-    bytes: &Bytes,
-    offset: u64,
-    need: u64,
-) -> io::Result<()> {
-    match pwrite(file, bytes, offset).await {
+async fn write_at(store: &dyn Store, fill: &Fill, bytes: &Bytes, offset: u64, need: u64) -> io::Result<()> {
+    match fill.write_at(bytes.clone(), offset).await {
         Err(e) if e.kind() == io::ErrorKind::StorageFull => {
-            tracing::warn!(%digest, "disk full while storing a blob: evicting, then retrying");
-            let seen = store.usage().passes();
-            store.usage().request_pass(need);
-            let waited = tokio::time::timeout(DISK_FULL_WAIT, store.usage().wait_for_pass_after(seen)).await;
-            if waited.is_err() {
+            tracing::warn!(digest = %fill.digest(), "disk full while storing a blob: evicting, then retrying");
+            if tokio::time::timeout(DISK_FULL_WAIT, store.make_room(need)).await.is_err() {
                 return Err(e);
             }
-            pwrite(file, bytes, offset).await
+            fill.write_at(bytes.clone(), offset).await
         }
         other => other,
     }
@@ -355,14 +283,14 @@ async fn write_at(
 const DISK_FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn download(
-    store: &FsStore,
+    store: &dyn Store,
     origin: &str,
     flight: &Flight,
     opener: Opener,
-    file: Arc<File>,
+    fill: &Fill,
     tx: &watch::Sender<Progress>,
     metrics: &Metrics,
-) -> Result<(u64, Arc<File>), Error> {
+) -> Result<u64, Error> {
     let digest = &flight.digest;
     let mut source = opener(0).await?;
     let total = source.total;
@@ -390,7 +318,7 @@ async fn download(
             }
             let need = total.map_or(pending.len() as u64, |t| t - written);
             let chunk = pending.split().freeze();
-            write_at(store, digest, &file, &chunk, written, need).await?;
+            write_at(store, fill, &chunk, written, need).await?;
             hasher.update(&chunk);
             written += chunk.len() as u64;
             metrics.bytes_from_upstream.inc_by(chunk.len() as u64);
@@ -427,7 +355,7 @@ async fn download(
             actual: actual.to_string(),
         });
     }
-    Ok((written, file))
+    Ok(written)
 }
 
 fn bad_body(origin: &str, digest: &Digest, detail: &str) -> Error {
@@ -547,12 +475,9 @@ impl Flight {
                 let worthwhile = complete || until - pos.min(until) >= MIN_READ || until == last;
                 if until > pos && worthwhile {
                     let n = (until - pos).min(READ_CHUNK as u64) as usize;
-                    let file = flight.file.clone();
-                    let read = tokio::task::spawn_blocking(move || read_exact_at(&file, pos, n)).await;
-                    let bytes = match read {
-                        Ok(Ok(b)) => b,
-                        Ok(Err(e)) => return Some((Err(e), None)),
-                        Err(e) => return Some((Err(io::Error::other(e)), None)),
+                    let bytes = match flight.reader.read_at(pos, n).await {
+                        Ok(b) => b,
+                        Err(e) => return Some((Err(e), None)),
                     };
                     let next = pos + bytes.len() as u64;
                     return Some((Ok(bytes), Some(ReadState::File(flight, rx, next))));
@@ -612,9 +537,7 @@ async fn relay(flight: Arc<Flight>, pos: u64) -> io::Result<BoxStream<'static, i
     let mut off = 0;
     while off < pos {
         let n = (pos - off).min(READ_CHUNK as u64) as usize;
-        let file = flight.file.clone();
-        let bytes =
-            tokio::task::spawn_blocking(move || read_exact_at(&file, off, n)).await.map_err(io::Error::other)??;
+        let bytes = flight.reader.read_at(off, n).await?;
         hasher.update(&bytes);
         off += n as u64;
     }
@@ -666,27 +589,4 @@ async fn relay(flight: Arc<Flight>, pos: u64) -> io::Result<BoxStream<'static, i
         }
     });
     Ok(stream.boxed())
-}
-
-fn read_exact_at(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; n];
-    file.read_exact_at(&mut buf, pos)?;
-    Ok(Bytes::from(buf))
-}
-
-/// Streams `start..end` of a committed blob file.
-pub fn read_file(file: File, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let file = Arc::new(file);
-    futures_util::stream::unfold((file, start), move |(file, pos)| async move {
-        if pos >= end {
-            return None;
-        }
-        let n = (end - pos).min(READ_CHUNK as u64) as usize;
-        let f = file.clone();
-        match tokio::task::spawn_blocking(move || read_exact_at(&f, pos, n)).await {
-            Ok(Ok(b)) => Some((Ok(b), (file, pos + n as u64))),
-            Ok(Err(e)) => Some((Err(e), (file, end))),
-            Err(e) => Some((Err(io::Error::other(e)), (file, end))),
-        }
-    })
 }

@@ -14,8 +14,8 @@ use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::accept::is_index;
 use crate::oci::{AcceptList, Digest, Reference, Tag, Target};
-use crate::store::fs::{now_secs, valid_media_type};
-use crate::store::{ContentKind, StoredManifest, TagEntry};
+use crate::store::disk::{now_secs, valid_media_type};
+use crate::store::{ContentKind, Store, StoredManifest, TagEntry};
 use crate::upstream::{cache_then_client, Identity, OriginClient, OriginRequest};
 
 /// The distribution registry refuses manifests above 4 MiB; so do we, to bound memory.
@@ -271,14 +271,14 @@ impl Cache {
             .manifests
             .run(key, async move {
                 let m = fetch_once(&origin, &target, &reference, &accept, exp.as_ref(), Identity::Cache).await?;
-                keep(&store, &target, &reference, &m, private_registry, remember_tag, refresh).await;
+                keep(&*store, &target, &reference, &m, private_registry, remember_tag, refresh).await;
                 Ok(m)
             })
             .await;
         let (m, public) = cache_then_client(public, q.client_auth.as_ref(), |identity| async move {
             let accept = q.accept.header_value();
             let m = fetch_once(&self.origin, &q.target, &q.reference, &accept, expected.as_ref(), identity).await?;
-            keep(&self.store, &q.target, &q.reference, &m, true, remember_tag, refresh).await;
+            keep(&*self.store, &q.target, &q.reference, &m, true, remember_tag, refresh).await;
             // The client just proved access to this manifest.
             let key = super::access::AccessKey::new(q.client_auth.as_ref(), &q.target, &q.path());
             self.access.grant(key);
@@ -329,10 +329,11 @@ impl Cache {
     }
 }
 
-/// Stores a fetched manifest in every tier (marked private or public first, so it is never visible
-/// with the wrong mark) and, for a tag, the tag entry.
+/// Stores a fetched manifest (marked private or public, so it is never visible with the wrong
+/// mark) and, for a tag, the tag entry. Runs inside the coalesced fetch, which outlives the request
+/// that started it, so it holds the store itself rather than the `Cache`.
 async fn keep(
-    store: &crate::store::FsStore,
+    store: &dyn Store,
     target: &Target,
     reference: &Reference,
     m: &StoredManifest,
@@ -340,35 +341,9 @@ async fn keep(
     remember_tag: bool,
     refresh: Option<std::time::Duration>,
 ) {
-    let marked = if private {
-        store.mark_private(ContentKind::Manifest, &m.digest).await
-    } else {
-        store.mark_public(ContentKind::Manifest, &m.digest).await
-    };
-    let stored = match marked {
-        Ok(()) => store.put_manifest(&m.digest, &m.media_type, m.bytes.clone()).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = stored {
+    if let Err(e) = store.put_manifest(m, private).await {
         tracing::warn!(%target, digest = %m.digest, error = %e, "could not store manifest");
         return;
-    }
-    if let Some(remote) = store.remote() {
-        let kind = ContentKind::Manifest.dir();
-        let content = crate::store::FsStore::manifest_file_content(&m.media_type, &m.bytes);
-        let stored = async {
-            if private {
-                remote.mark_private(kind, &m.digest).await?;
-            } else {
-                remote.mark_public(kind, &m.digest).await?;
-            }
-            remote.put_manifest(&m.digest, content.into()).await
-        }
-        .await;
-        if let Err(e) = stored {
-            tracing::warn!(%target, digest = %m.digest, error = %e, "could not store manifest in object storage");
-            return;
-        }
     }
     if let (true, Reference::Tag(tag)) = (remember_tag, reference) {
         let entry = TagEntry {
@@ -378,12 +353,7 @@ async fn keep(
             fetched_at: now_secs(),
             private,
         };
-        let stored = match store.put_tag(&target.registry, &target.repository, tag, &entry, refresh).await {
-            Ok(true) => super::put_tag_remote(store, target, tag, &entry).await,
-            Ok(false) => Ok(()),
-            Err(e) => Err(Error::from(e)),
-        };
-        if let Err(e) = stored {
+        if let Err(e) = store.put_tag(&target.registry, &target.repository, tag, &entry, refresh).await {
             tracing::warn!(%target, %tag, error = %e, "could not store tag");
         }
     }

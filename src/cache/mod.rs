@@ -27,8 +27,7 @@ use crate::error::{Error, Resource};
 use crate::metrics::Metrics;
 use crate::oci::accept::ALL_MANIFEST_TYPES;
 use crate::oci::{Digest, Target};
-use crate::store::ContentKind;
-use crate::store::{FsStore, StoredManifest, TagEntry};
+use crate::store::{ContentKind, Store, StoredManifest, TagEntry};
 use crate::upstream::OriginClient;
 use crate::upstream::{Identity, OriginRequest};
 use access::{AccessCache, AccessKey};
@@ -36,22 +35,9 @@ use access::{AccessCache, AccessKey};
 /// Identifies one manifest request upstream: (registry/repository, reference, accepted media types).
 type ManifestKey = (String, String, String);
 
-/// How long a private-marker lookup in the shared tier is reused: markers change rarely, and a
-/// lookup per manifest request would cost a bucket round trip each.
-const REMOTE_MARK_TTL: Duration = Duration::from_secs(30);
-
-/// (content kind, digest) -> (private, when the tier said so). Digests are the client's to choose.
-type RemoteMarks = moka::sync::Cache<(&'static str, Digest), (bool, tokio::time::Instant)>;
-
-/// Private-marker answers kept at most (those of the last `REMOTE_MARK_TTL`); one forgotten costs
-/// one bucket lookup.
-const MAX_REMOTE_MARKS: u64 = 20_000;
-
 pub struct Cache {
     access: AccessCache,
-    /// Recent answers of the shared tier to "is this private?", per (kind, digest).
-    remote_marks: RemoteMarks,
-    store: FsStore,
+    store: Arc<dyn Store>,
     origin: Arc<OriginClient>,
     flights: Arc<Flights>,
     manifests: Coalesce<ManifestKey, StoredManifest, Error>,
@@ -61,7 +47,7 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(
-        store: FsStore,
+        store: Arc<dyn Store>,
         origin: OriginClient,
         policy: TagPolicy,
         auth_cache_ttl: Duration,
@@ -71,7 +57,6 @@ impl Cache {
         let flights = Flights::new(store.clone(), metrics.clone(), max_downloads);
         Cache {
             access: AccessCache::new(auth_cache_ttl),
-            remote_marks: crate::bounded::expiring(MAX_REMOTE_MARKS, REMOTE_MARK_TTL),
             store,
             origin: Arc::new(origin),
             flights,
@@ -117,98 +102,30 @@ impl Cache {
         Ok(())
     }
 
-    /// A stored manifest: local, else from the shared object tier (verified, then kept locally too).
-    /// A tier that cannot be reached is a miss, not an error: the origin is asked instead.
+    /// A stored manifest, from whichever tier has it.
     pub(crate) async fn stored_manifest(&self, d: &Digest) -> Result<Option<StoredManifest>, Error> {
-        if let Some(m) = self.store.manifest(d).await? {
-            return Ok(Some(m));
-        }
-        let Some(remote) = self.store.remote() else { return Ok(None) };
-        let raw = match remote.get_manifest(d).await {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                tracing::warn!(digest = %d, error = %e, "object storage read failed; asking the origin");
-                return Ok(None);
-            }
-        };
-        let m = FsStore::parse_manifest_file(d, raw)?;
-        if !d.matches(&m.bytes) {
-            tracing::warn!(digest = %d, "manifest in object storage does not match its digest; ignored");
-            return Ok(None);
-        }
-        if self.is_private(ContentKind::Manifest, d).await {
-            self.store.mark_private(ContentKind::Manifest, d).await?;
-        }
-        if let Err(e) = self.store.put_manifest(d, &m.media_type, m.bytes.clone()).await {
-            tracing::warn!(digest = %d, error = %e, "could not keep a local copy of a manifest");
-        }
-        Ok(Some(m))
+        Ok(self.store.manifest(d).await?)
     }
 
-    /// Whether content is marked private, locally or in the shared tier (an unreachable tier counts
-    /// as private: fail closed).
+    /// Whether content is marked private in the store (a store that cannot tell says yes).
     pub(crate) async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
-        if self.store.is_private(kind, d).await {
-            return true;
-        }
-        let Some(remote) = self.store.remote() else { return false };
-        let key = (kind.dir(), d.clone());
-        if let Some((private, at)) = self.remote_marks.get(&key) {
-            if at.elapsed() < REMOTE_MARK_TTL {
-                return private;
-            }
-        }
-        match remote.is_private(kind.dir(), d).await {
-            Ok(private) => {
-                self.remote_marks.insert(key, (private, tokio::time::Instant::now()));
-                private
-            }
-            Err(_) => true,
-        }
+        self.store.is_private(kind, d).await
     }
 
-    /// Marks content private or public in every tier.
+    /// Marks content private or public.
     pub(crate) async fn mark(&self, kind: ContentKind, d: &Digest, private: bool) -> Result<(), Error> {
-        self.remote_marks.invalidate(&(kind.dir(), d.clone()));
-        if private {
-            self.store.mark_private(kind, d).await?;
-        } else {
-            self.store.mark_public(kind, d).await?;
-        }
-        if let Some(r) = self.store.remote() {
-            let done = if private { r.mark_private(kind.dir(), d).await } else { r.mark_public(kind.dir(), d).await };
-            done.map_err(|e| Error::from(std::io::Error::other(e.to_string())))?;
-        }
-        Ok(())
+        Ok(self.store.set_private(kind, d, private).await?)
     }
 
-    /// A tag's entries: local, else from the shared tier (then kept locally too).
+    /// A tag's entries.
     pub(crate) async fn tag_entries(&self, target: &Target, tag: &crate::oci::Tag) -> Result<Vec<TagEntry>, Error> {
-        let local = self.store.tag_entries(&target.registry, &target.repository, tag).await?;
-        let Some(remote) = self.store.remote() else { return Ok(local) };
-        if !local.is_empty() {
-            return Ok(local);
-        }
-        let dir = self.store.tag_dir(&target.registry, &target.repository, tag);
-        let Some(rel) = self.store.relative_key(&dir) else { return Ok(local) };
-        let entries = remote.tag_entries(&rel).await.unwrap_or_else(|e| {
-            tracing::warn!(%target, %tag, error = %e, "object storage read failed");
-            Vec::new()
-        });
-        for e in &entries {
-            let _ = self.store.put_tag(&target.registry, &target.repository, tag, e, None).await;
-        }
-        Ok(entries)
+        Ok(self.store.tag_entries(&target.registry, &target.repository, tag).await?)
     }
 
-    /// Writes a tag entry in every tier, when it changed (see `FsStore::put_tag`).
+    /// Writes a tag entry when it changed (see `Store::put_tag`).
     pub(crate) async fn put_tag(&self, target: &Target, tag: &crate::oci::Tag, entry: &TagEntry) -> Result<(), Error> {
-        let written = self.store.put_tag(&target.registry, &target.repository, tag, entry, self.tag_refresh()).await?;
-        if !written {
-            return Ok(());
-        }
-        put_tag_remote(&self.store, target, tag, entry).await
+        self.store.put_tag(&target.registry, &target.repository, tag, entry, self.tag_refresh()).await?;
+        Ok(())
     }
 
     /// How far a tag file's `fetched_at` may lag the one in memory before the file is rewritten:
@@ -232,21 +149,7 @@ impl Cache {
         &self.metrics
     }
 
-    pub fn store(&self) -> &FsStore {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
-}
-
-/// Writes a tag entry to the shared tier, if there is one.
-pub(crate) async fn put_tag_remote(
-    store: &FsStore,
-    target: &Target,
-    tag: &crate::oci::Tag,
-    entry: &TagEntry,
-) -> Result<(), Error> {
-    let Some(remote) = store.remote() else { return Ok(()) };
-    let path = store.tag_file(&target.registry, &target.repository, tag, &entry.media_type);
-    let Some(rel) = store.relative_key(&path) else { return Ok(()) };
-    let json = serde_json::to_vec(entry).map_err(|e| Error::from(std::io::Error::other(e)))?;
-    remote.put_tag(&rel, json.into()).await.map_err(|e| Error::from(std::io::Error::other(e.to_string())))
 }

@@ -21,7 +21,7 @@ use crate::error::{Error, Resource};
 use crate::metrics::CacheResult;
 use crate::oci::accept::OCI_INDEX;
 use crate::oci::{AcceptList, Digest, Reference, Tag, Target};
-use crate::store::fs::now_secs;
+use crate::store::disk::now_secs;
 use crate::upstream::{Identity, OriginRequest};
 
 /// Pages followed per list: a subject with more referrers than this many pages hold is an attack

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::cmd::warm::{Descriptor, ImageRef, ManifestDoc, Platform};
 use crate::oci::accept::is_index;
 use crate::oci::{Digest, Reference};
-use crate::store::{FsStore, StoredManifest, TagEntry};
+use crate::store::{Store, StoredManifest, TagEntry};
 
 /// Index nesting followed, as `warm` does.
 const MAX_DEPTH: usize = 2;
@@ -114,7 +114,7 @@ impl Report {
 }
 
 /// Checks each image against the store.
-pub async fn check_all(store: &FsStore, images: &[ImageRef], platforms: &[Platform]) -> Vec<ImageStatus> {
+pub async fn check_all(store: &dyn Store, images: &[ImageRef], platforms: &[Platform]) -> Vec<ImageStatus> {
     let mut out = Vec::with_capacity(images.len());
     for image in images {
         out.push(check(store, image, platforms).await);
@@ -123,7 +123,7 @@ pub async fn check_all(store: &FsStore, images: &[ImageRef], platforms: &[Platfo
 }
 
 /// Checks one image against the store.
-pub async fn check(store: &FsStore, image: &ImageRef, platforms: &[Platform]) -> ImageStatus {
+pub async fn check(store: &dyn Store, image: &ImageRef, platforms: &[Platform]) -> ImageStatus {
     let lookup = Lookup { store };
     let mut status = ImageStatus {
         image: image.to_string(),
@@ -153,7 +153,7 @@ pub async fn check(store: &FsStore, image: &ImageRef, platforms: &[Platform]) ->
     let mut first: Option<ImageStatus> = None;
     for (digest, fetched_at) in candidates {
         let mut s = status.clone();
-        s.tag_age_seconds = fetched_at.map(|f| crate::store::fs::now_secs().saturating_sub(f));
+        s.tag_age_seconds = fetched_at.map(|f| crate::store::disk::now_secs().saturating_sub(f));
         tree(&lookup, &digest, platforms, 0, &mut s).await;
         s.cached = s.manifest && s.missing.is_none() && s.blobs == s.blobs_cached;
         if s.cached {
@@ -218,39 +218,21 @@ async fn tree(lookup: &Lookup<'_>, digest: &Digest, platforms: &[Platform], dept
     }
 }
 
-/// Store reads (the async store methods do their I/O off the workers), local disk first, then the
-/// shared tier.
+/// Store reads, from whichever tier has the content.
 struct Lookup<'a> {
-    store: &'a FsStore,
+    store: &'a dyn Store,
 }
 
 impl Lookup<'_> {
     async fn tag_entries(&self, image: &ImageRef, tag: &crate::oci::Tag) -> Vec<TagEntry> {
-        let local = self.store.tag_entries(&image.registry, &image.repository, tag).await.unwrap_or_default();
-        if !local.is_empty() {
-            return local;
-        }
-        let Some(remote) = self.store.remote() else { return local };
-        let dir = self.store.tag_dir(&image.registry, &image.repository, tag);
-        let Some(rel) = self.store.relative_key(&dir) else { return local };
-        remote.tag_entries(&rel).await.unwrap_or_default()
+        self.store.tag_entries(&image.registry, &image.repository, tag).await.unwrap_or_default()
     }
 
     async fn manifest(&self, d: &Digest) -> Option<StoredManifest> {
-        if let Ok(Some(m)) = self.store.manifest(d).await {
-            return Some(m);
-        }
-        let raw = self.store.remote()?.get_manifest(d).await.ok()??;
-        FsStore::parse_manifest_file(d, raw).ok()
+        self.store.manifest(d).await.ok().flatten()
     }
 
     async fn blob(&self, d: &Digest) -> bool {
-        if self.store.blob_size(d).await.is_some() {
-            return true;
-        }
-        match self.store.remote() {
-            Some(remote) => remote.blob_size(d).await.ok().flatten().is_some(),
-            None => false,
-        }
+        matches!(self.store.blob_size(d).await, Ok(Some(_)))
     }
 }

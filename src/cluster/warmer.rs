@@ -212,7 +212,7 @@ impl ClusterWarm {
     /// Checks every image in use against the store: one evicted meanwhile is warmed again now.
     async fn recheck(&self) {
         let images = self.images.images();
-        let checked = status::check_all(self.state.cache.store(), &images, &self.images.platforms()).await;
+        let checked = status::check_all(&**self.state.cache.store(), &images, &self.images.platforms()).await;
         let mut warms = self.warms();
         for s in checked {
             if let Some(w) = warms.get_mut(&s.image) {
@@ -232,7 +232,7 @@ impl ClusterWarm {
     pub async fn report(&self) -> Report {
         let images = self.images.images();
         let platforms = self.images.platforms();
-        let mut rows: Vec<ImageStatus> = status::check_all(self.state.cache.store(), &images, &platforms).await;
+        let mut rows: Vec<ImageStatus> = status::check_all(&**self.state.cache.store(), &images, &platforms).await;
         let warms = self.warms();
         for row in &mut rows {
             row.last_warm = warms.get(&row.image).and_then(|w| w.last.clone());

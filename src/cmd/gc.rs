@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use crate::store::eviction::{evict, plan, scan};
-use crate::store::FsStore;
+use crate::store::Disk;
 
 #[derive(Debug, clap::Args)]
 pub struct GcArgs {
@@ -18,7 +18,7 @@ pub fn run(args: GcArgs, config: crate::Config) -> anyhow::Result<()> {
     if !config.eviction.is_active() {
         anyhow::bail!("nothing to do: give --max-size and/or --max-age");
     }
-    let store = FsStore::open(&config.cache_dir)
+    let store = Disk::open(&config.cache_dir)
         .map_err(|e| anyhow::anyhow!("cannot open cache directory {}: {e}", config.cache_dir.display()))?;
     let all = scan(&store);
     let total: u64 = all.iter().map(|c| c.size).sum();

@@ -116,14 +116,9 @@ async fn local(args: &StatusArgs, config: &Config) -> anyhow::Result<Report> {
         bail!("no images to check: name them, or use --kubernetes, --from-file or --server");
     }
     images.sort_by_key(ToString::to_string);
-    let dir = config.cache_dir.clone();
-    let mut store = tokio::task::spawn_blocking(move || crate::store::FsStore::open(&dir))
-        .await?
-        .with_context(|| format!("cannot open cache directory {}", config.cache_dir.display()))?;
-    if let Some(url) = &config.storage {
-        let tier = crate::store::object::ObjectTier::connect(url).await.map_err(anyhow::Error::msg)?;
-        store = store.with_remote(std::sync::Arc::new(tier));
-    }
-    let rows = status::check_all(&store, &images, &platforms).await;
+    let metrics = crate::metrics::Metrics::new();
+    let store =
+        crate::store::open(&config.cache_dir, config.storage.as_deref(), &metrics).await.map_err(anyhow::Error::msg)?;
+    let rows = status::check_all(&*store, &images, &platforms).await;
     Ok(Report { platforms: platforms.iter().map(ToString::to_string).collect(), complete: true, images: rows, invalid })
 }

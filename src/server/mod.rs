@@ -161,9 +161,7 @@ async fn require_auth(State(state): State<Arc<AppState>>, req: Request, next: Ne
 /// Ready while serving and while the cache directory is usable.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ready = state.ready.load(std::sync::atomic::Ordering::SeqCst);
-    // A stat can hang on a failing disk: off the async workers, like all store I/O.
-    let tmp = state.cache.store().root().join("tmp");
-    let store_ok = tokio::task::spawn_blocking(move || tmp.is_dir()).await.unwrap_or(false);
+    let store_ok = state.cache.store().healthy().await;
     match (ready, store_ok) {
         (true, true) => "ok\n".into_response(),
         (false, _) => (http::StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),

@@ -268,8 +268,8 @@ fn blob_response(
         .header(CACHE_CONTROL, "max-age=31536000")
         .header(ACCEPT_RANGES, "bytes");
     let size = match &answer {
-        BlobAnswer::Stored { size, .. } | BlobAnswer::Remote { size } => Some(*size),
-        BlobAnswer::Flight { size, .. } | BlobAnswer::Head { size, .. } => *size,
+        BlobAnswer::Bytes { body, .. } => body.size(),
+        BlobAnswer::Head { size, .. } => *size,
     };
     let (status, range) = match size {
         Some(size) => match range::parse(range_header, size) {
@@ -298,27 +298,14 @@ fn blob_response(
         counter.inc_by(b.len() as u64);
     };
     let body = match answer {
-        BlobAnswer::Stored { file, .. } => {
-            Body::from_stream(crate::cache::flight::read_file(file, range.start, range.end).inspect_ok(count))
-        }
-        BlobAnswer::Flight { flight, size, started } => {
-            let stream = flight.read(range.start, size.map(|_| range.end));
-            if started {
-                Body::from_stream(stream)
-            } else {
+        BlobAnswer::Bytes { body, result } => {
+            let end = size.map(|_| range.end);
+            let stream = body.read(range.start, end);
+            if result == CacheResult::Hit {
                 Body::from_stream(stream.inspect_ok(count))
+            } else {
+                Body::from_stream(stream)
             }
-        }
-        BlobAnswer::Remote { .. } => {
-            let Some(remote) = state.cache.store().remote().cloned() else {
-                return Err(Error::from(std::io::Error::other("object storage went away")));
-            };
-            let (d, r) = (digest.clone(), range.start..range.end);
-            let stream = futures_util::stream::once(async move { remote.read_blob(&d, r).await })
-                .map_err(std::io::Error::other)
-                .try_flatten()
-                .inspect_ok(count);
-            Body::from_stream(stream)
         }
         BlobAnswer::Head { .. } => Body::empty(),
     };

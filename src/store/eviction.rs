@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::fs::FsStore;
+use super::disk::Disk;
 use crate::metrics::Metrics;
 
 /// When a write runs out of disk space, a pass frees at least this fraction of the store (plus what
@@ -45,7 +45,7 @@ pub struct Candidate {
 }
 
 /// Every committed blob and manifest file, with size and last access.
-pub fn scan(store: &FsStore) -> Vec<Candidate> {
+pub fn scan(store: &Disk) -> Vec<Candidate> {
     let mut out = Vec::new();
     for dir in ["blobs", "manifests"] {
         walk(&store.root().join(dir), &mut out);
@@ -105,7 +105,7 @@ pub fn plan(
 }
 
 /// Removes the planned files; returns (files, bytes) actually removed.
-pub fn evict(store: &FsStore, victims: &[Candidate]) -> (u64, u64) {
+pub fn evict(store: &Disk, victims: &[Candidate]) -> (u64, u64) {
     let (mut files, mut bytes) = (0, 0);
     for v in victims {
         match fs::remove_file(&v.path) {
@@ -124,14 +124,14 @@ pub fn evict(store: &FsStore, victims: &[Candidate]) -> (u64, u64) {
 /// Runs passes in the background: at start, when the store grows past `--max-size`, when a write
 /// ran out of space (then a tenth of the store is freed even without a policy), and every few minutes
 /// for `--max-age`.
-pub fn spawn(store: FsStore, policy: EvictionPolicy, metrics: Arc<Metrics>) {
+pub fn spawn(store: Disk, policy: EvictionPolicy, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         let mut forced = false;
         loop {
             let s = store.clone();
             let pass = tokio::task::spawn_blocking(move || {
                 // Uses recorded in memory become mtimes first, so the plan sees every hit.
-                super::fs::blocking_section(|| s.flush_recency_blocking());
+                super::disk::blocking_section(|| s.flush_recency_blocking());
                 let all = scan(&s);
                 let total: u64 = all.iter().map(|c| c.size).sum();
                 let count = all.len() as u64;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::fs::ContentKind;
+use super::disk::ContentKind;
 use crate::oci::Digest;
 
 /// Most uses kept between two flushes. Only hits on content that exists are recorded, so the table

@@ -4,7 +4,7 @@ use crate::oci::{Digest, RegistryName, Repository, Tag};
 #[test]
 fn blob_commit_makes_the_temp_file_visible_under_its_digest() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let d = Digest::sha256_of(b"hello");
     assert!(store.blob_size_blocking(&d).is_none());
     let mut t = store.temp_file_blocking().unwrap();
@@ -18,7 +18,7 @@ fn blob_commit_makes_the_temp_file_visible_under_its_digest() {
 #[test]
 fn manifests_keep_bytes_and_media_type() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let body = b"{\"schemaVersion\":2}\n\nx";
     let d = Digest::sha256_of(body);
     store.put_manifest_blocking(&d, "application/vnd.oci.image.manifest.v1+json", body).unwrap();
@@ -31,7 +31,7 @@ fn manifests_keep_bytes_and_media_type() {
 #[test]
 fn tags_have_one_entry_per_media_type() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let (r, repo, tag) =
         (RegistryName::parse("127.0.0.1:5000").unwrap(), Repository::parse("a/b").unwrap(), Tag::parse("1").unwrap());
     assert!(store.tag_entries_blocking(&r, &repo, &tag).unwrap().is_empty());
@@ -64,17 +64,17 @@ fn tags_have_one_entry_per_media_type() {
 #[test]
 fn stale_temp_files_are_removed_at_open_but_fresh_ones_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let fresh = store.temp_file_blocking().unwrap();
     let old = store.temp_file_blocking().unwrap();
     let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     old.file.set_modified(past).unwrap();
-    FsStore::open(dir.path()).unwrap();
+    Disk::open(dir.path()).unwrap();
     assert!(fresh.path.exists());
     assert!(!old.path.exists());
 }
 
-fn committed_blob(store: &FsStore, data: &[u8]) -> Digest {
+fn committed_blob(store: &Disk, data: &[u8]) -> Digest {
     let d = Digest::sha256_of(data);
     let mut t = store.temp_file_blocking().unwrap();
     std::io::Write::write_all(&mut t.file, data).unwrap();
@@ -82,7 +82,7 @@ fn committed_blob(store: &FsStore, data: &[u8]) -> Digest {
     d
 }
 
-fn set_mtime(store: &FsStore, d: &Digest, secs_ago: u64) {
+fn set_mtime(store: &Disk, d: &Digest, secs_ago: u64) {
     let f = std::fs::File::open(store.blob_path(d)).unwrap();
     f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago)).unwrap();
 }
@@ -93,7 +93,7 @@ fn set_mtime(store: &FsStore, d: &Digest, secs_ago: u64) {
 fn every_hit_counts_for_eviction_even_within_a_minute() {
     use super::eviction::{plan, scan, EvictionPolicy};
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let first = committed_blob(&store, &[1u8; 100]);
     let second = committed_blob(&store, &[2u8; 100]);
     // Pulled 20 s ago, then the second 10 s ago; now the first again.
@@ -127,7 +127,7 @@ fn every_hit_counts_for_eviction_even_within_a_minute() {
 fn an_unchanged_tag_entry_is_not_rewritten_but_reads_fresh() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let (r, repo, tag) = (
         RegistryName::parse("127.0.0.1:5000").unwrap(),
         Repository::parse("a/b").unwrap(),
@@ -172,15 +172,20 @@ fn an_unchanged_tag_entry_is_not_rewritten_but_reads_fresh() {
 #[tokio::test(flavor = "current_thread")]
 async fn async_store_methods_do_their_io_off_the_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     let body = bytes::Bytes::from_static(b"{}");
     let md = Digest::sha256_of(&body);
-    store.mark_private(ContentKind::Manifest, &md).await.unwrap();
+    store.set_private(ContentKind::Manifest, &md, true).await.unwrap();
     assert!(store.is_private(ContentKind::Manifest, &md).await);
-    store.mark_public(ContentKind::Manifest, &md).await.unwrap();
-    store.put_manifest(&md, "application/vnd.oci.image.manifest.v1+json", body.clone()).await.unwrap();
+    store.set_private(ContentKind::Manifest, &md, false).await.unwrap();
+    let m = StoredManifest {
+        digest: md.clone(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        bytes: body.clone(),
+    };
+    store.put_manifest(&m, false).await.unwrap();
     assert_eq!(store.manifest(&md).await.unwrap().unwrap().bytes, body);
-    let t = store.temp_file().await.unwrap();
+    let t = store.begin_fill(&md).await.unwrap();
     let (r, repo, tag) =
         (RegistryName::parse("127.0.0.1:5000").unwrap(), Repository::parse("a/b").unwrap(), Tag::parse("1").unwrap());
     let e = TagEntry {
@@ -193,7 +198,7 @@ async fn async_store_methods_do_their_io_off_the_worker() {
     assert!(store.put_tag(&r, &repo, &tag, &e, None).await.unwrap());
     assert_eq!(store.tag_entries(&r, &repo, &tag).await.unwrap(), vec![e]);
     assert!(store.open_blob(&md).await.unwrap().is_none());
-    assert!(store.blob_size(&md).await.is_none());
+    assert!(store.blob_size(&md).await.unwrap().is_none());
     assert_eq!(store.flush_recency().await, 1);
     drop(t);
 }
@@ -202,6 +207,6 @@ async fn async_store_methods_do_their_io_off_the_worker() {
 #[should_panic(expected = "store I/O on an async worker thread")]
 async fn blocking_store_io_on_an_async_worker_is_caught_in_debug_builds() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path()).unwrap();
+    let store = Disk::open(dir.path()).unwrap();
     store.blob_size_blocking(&Digest::sha256_of(b"x"));
 }

@@ -7,15 +7,12 @@
 //! never an async worker serving other requests. The `*_blocking` forms are for code that already runs
 //! on a blocking thread; debug builds check that they are not called from an async worker.
 //!
-//! Layout under the cache directory:
-//! ```text
-//! blobs/<alg>/<hex[0..2]>/<hex>
-//! manifests/<alg>/<hex[0..2]>/<hex>            media type, newline, raw bytes
-//! tags/<registry>/<repository>/_tags/<tag>/<hex(media type)>.json
-//! private/<blobs|manifests>/<alg>/<hex>        marker: content only served after an access check
-//! tmp/                                          fills in progress; stale ones are removed at start
-//! ```
-//! `_tags` cannot collide with a repository component (those start with `[a-z0-9]`).
+//! The layout under the cache directory is `layout`'s; `tmp/` holds fills in progress (stale ones are
+//! removed at start).
+//!
+//! Blobs this process wrote were verified as they arrived; a blob found on disk from before (a
+//! restart, another tool) is verified on its first full read, as bucket objects are, and then
+//! remembered as verified (bounded: a forgotten one is verified again).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -26,13 +23,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
+use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::stream::{Stream, StreamExt};
 
-use super::{StoredManifest, TagEntry};
+use prometheus_client::metrics::counter::Counter;
+
+pub use super::layout::valid_media_type;
+use super::{layout, StoredManifest, TagEntry};
 use crate::oci::{Digest, RegistryName, Repository, Tag};
 
 /// Temp files untouched for this long belong to no live fill (fills write continuously).
 const STALE_TMP: Duration = Duration::from_secs(15 * 60);
+/// Digests remembered as verified: a few hundred bytes each; one forgotten costs one more hash.
+const MAX_VERIFIED: u64 = 200_000;
 
 /// The two kinds of content-addressed files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,14 +55,17 @@ impl ContentKind {
 }
 
 #[derive(Debug, Clone)]
-pub struct FsStore {
+pub struct Disk {
     root: PathBuf,
     usage: Arc<Usage>,
     hot: Arc<super::hot::HotCache>,
     /// Uses of stored files not yet written to their mtimes (see `recency`).
     recency: Arc<super::recency::Recency>,
-    /// The shared tier in object storage, when configured (`--storage s3://...`).
-    remote: Option<Arc<super::object::ObjectTier>>,
+    /// Blobs known to match their digest in this process (committed by a verified fill, or read
+    /// whole once); others are verified on their next full read.
+    verified: moka::sync::Cache<Digest, ()>,
+    /// Content found not to match its digest (`ocicache_store_corrupt_total{tier="disk"}`).
+    corrupt: Counter,
 }
 
 /// Approximate bytes and files in the store, kept between eviction passes (each pass rescans and
@@ -143,17 +150,18 @@ pub struct TempFile {
     pub file: File,
 }
 
-impl FsStore {
+impl Disk {
     pub fn open(root: &Path) -> io::Result<Self> {
         for dir in ["blobs", "manifests", "tags", "private", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
-        let store = FsStore {
+        let store = Disk {
             root: root.to_path_buf(),
             usage: Arc::default(),
             hot: Arc::default(),
             recency: Arc::default(),
-            remote: None,
+            verified: crate::bounded::lru(MAX_VERIFIED),
+            corrupt: Counter::default(),
         };
         store.remove_stale_temp_files();
         Ok(store)
@@ -163,38 +171,10 @@ impl FsStore {
         &self.root
     }
 
-    /// This store with a shared object-storage tier behind it.
-    pub fn with_remote(mut self, remote: Arc<super::object::ObjectTier>) -> Self {
-        self.remote = Some(remote);
+    /// Counts corrupt content found in this tier in the process's metrics.
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.corrupt = metrics.store_corrupt("disk");
         self
-    }
-
-    pub fn remote(&self) -> Option<&Arc<super::object::ObjectTier>> {
-        self.remote.as_ref()
-    }
-
-    /// A path below the root as a `/`-separated key, for the object tier.
-    pub fn relative_key(&self, path: &Path) -> Option<String> {
-        let rel = path.strip_prefix(&self.root).ok()?;
-        Some(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
-    }
-
-    /// The on-disk form of a manifest: media type, newline, bytes.
-    pub fn manifest_file_content(media_type: &str, bytes: &[u8]) -> Vec<u8> {
-        let mut content = Vec::with_capacity(media_type.len() + 1 + bytes.len());
-        content.extend_from_slice(media_type.as_bytes());
-        content.push(b'\n');
-        content.extend_from_slice(bytes);
-        content
-    }
-
-    /// Parses the on-disk form of a manifest.
-    pub fn parse_manifest_file(d: &Digest, raw: Bytes) -> io::Result<StoredManifest> {
-        let Some(nl) = raw.iter().position(|&b| b == b'\n') else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("manifest {d} has no media type line")));
-        };
-        let media_type = String::from_utf8_lossy(&raw[..nl]).into_owned();
-        Ok(StoredManifest { digest: d.clone(), media_type, bytes: raw.slice(nl + 1..) })
     }
 
     pub fn usage(&self) -> &Usage {
@@ -228,18 +208,18 @@ impl FsStore {
         }
     }
 
-    fn content_path(&self, kind: &str, d: &Digest) -> PathBuf {
-        self.root.join(kind).join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
+    fn content_path(&self, kind: ContentKind, d: &Digest) -> PathBuf {
+        self.root.join(layout::content(kind, d))
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.content_path("blobs", d)
+        self.content_path(ContentKind::Blob, d)
     }
 
     /// Runs `f` on tokio's blocking pool (or right here outside a runtime, as in `ocicache gc`).
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&FsStore) -> io::Result<T> + Send + 'static,
+        f: impl FnOnce(&Disk) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         if tokio::runtime::Handle::try_current().is_err() {
             return f(self);
@@ -250,21 +230,9 @@ impl FsStore {
             .unwrap_or_else(|e| Err(io::Error::other(e)))
     }
 
-    /// The size of a committed blob, if present.
-    pub async fn blob_size(&self, d: &Digest) -> Option<u64> {
-        let d = d.clone();
-        self.blocking(move |s| Ok(s.blob_size_blocking(&d))).await.ok().flatten()
-    }
-
     pub fn blob_size_blocking(&self, d: &Digest) -> Option<u64> {
         assert_blocking_thread();
         fs::metadata(self.blob_path(d)).ok().filter(|m| m.is_file()).map(|m| m.len())
-    }
-
-    /// Opens a committed blob for reading, recording the use for eviction.
-    pub async fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
-        let d = d.clone();
-        self.blocking(move |s| s.open_blob_blocking(&d)).await
     }
 
     pub fn open_blob_blocking(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
@@ -294,7 +262,7 @@ impl FsStore {
         assert_blocking_thread();
         let mut updated = 0;
         for ((kind, d), at) in self.recency.take() {
-            let Ok(f) = File::open(self.content_path(kind.dir(), &d)) else { continue };
+            let Ok(f) = File::open(self.content_path(kind, &d)) else { continue };
             let older = f.metadata().and_then(|m| m.modified()).map(|m| m < at).unwrap_or(true);
             if older && f.set_modified(at).is_ok() {
                 updated += 1;
@@ -317,11 +285,6 @@ impl FsStore {
         self.recency.last_use(kind, d)
     }
 
-    /// A new, uniquely named file in `tmp/`, opened for reading and writing.
-    pub async fn temp_file(&self) -> io::Result<TempFile> {
-        self.blocking(|s| s.temp_file_blocking()).await
-    }
-
     pub fn temp_file_blocking(&self) -> io::Result<TempFile> {
         assert_blocking_thread();
         let path = self.root.join("tmp").join(format!("fill-{}-{:016x}", std::process::id(), rand::random::<u64>()));
@@ -339,22 +302,9 @@ impl FsStore {
         Ok(())
     }
 
-    /// A stored manifest. The hottest are answered from memory; a file is looked at again (is it
-    /// still there, or was it evicted?) at most once a minute per manifest.
-    pub async fn manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
-        if let Some((m, checked)) = self.hot.manifest(d) {
-            if checked.elapsed() < RECHECK_EVERY {
-                self.record_use(ContentKind::Manifest, d);
-                return Ok(Some(m));
-            }
-        }
-        let d = d.clone();
-        self.blocking(move |s| s.manifest_blocking(&d)).await
-    }
-
     pub fn manifest_blocking(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
         assert_blocking_thread();
-        let path = self.content_path("manifests", d);
+        let path = self.content_path(ContentKind::Manifest, d);
         if let Some((m, _)) = self.hot.manifest(d) {
             // An evicted manifest is fetched again rather than served from memory.
             return match fs::symlink_metadata(&path) {
@@ -373,23 +323,17 @@ impl FsStore {
             Err(e) => return Err(e),
         };
         self.record_use(ContentKind::Manifest, d);
-        let m = Self::parse_manifest_file(d, Bytes::from(raw))?;
+        let m = layout::parse_manifest_file(d, Bytes::from(raw))?;
         self.hot.put_manifest(m.clone(), std::time::Instant::now());
         Ok(Some(m))
-    }
-
-    /// Stores manifest bytes under their digest. The caller has verified `d` against `bytes`.
-    pub async fn put_manifest(&self, d: &Digest, media_type: &str, bytes: Bytes) -> io::Result<()> {
-        let (d, media_type) = (d.clone(), media_type.to_owned());
-        self.blocking(move |s| s.put_manifest_blocking(&d, &media_type, &bytes)).await
     }
 
     pub fn put_manifest_blocking(&self, d: &Digest, media_type: &str, bytes: &[u8]) -> io::Result<()> {
         if !valid_media_type(media_type) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe media type"));
         }
-        let content = Self::manifest_file_content(media_type, bytes);
-        self.write_atomic(&self.content_path("manifests", d), &content)?;
+        let content = layout::manifest_file_content(media_type, bytes);
+        self.write_atomic(&self.content_path(ContentKind::Manifest, d), &content)?;
         self.usage.added(content.len() as u64);
         Ok(())
     }
@@ -406,15 +350,7 @@ impl FsStore {
     }
 
     fn private_marker(&self, kind: ContentKind, d: &Digest) -> PathBuf {
-        self.root.join("private").join(kind.dir()).join(d.algorithm().as_str()).join(d.hex())
-    }
-
-    /// Whether content was fetched with a client's own credentials (or from a private registry) and
-    /// so may only be served after that client proved access.
-    /// (An unreadable marker directory counts as private: fail closed.)
-    pub async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
-        let d = d.clone();
-        self.blocking(move |s| Ok(s.is_private_blocking(kind, &d))).await.unwrap_or(true)
+        self.root.join(layout::private_marker(kind, d))
     }
 
     pub fn is_private_blocking(&self, kind: ContentKind, d: &Digest) -> bool {
@@ -422,20 +358,8 @@ impl FsStore {
         self.private_marker(kind, d).exists()
     }
 
-    /// Marks content private. Called before the content is committed, so it is never visible unmarked.
-    pub async fn mark_private(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
-        let d = d.clone();
-        self.blocking(move |s| s.mark_private_blocking(kind, &d)).await
-    }
-
     pub fn mark_private_blocking(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
         self.write_atomic(&self.private_marker(kind, d), b"")
-    }
-
-    /// The origin served this content anonymously: it is public after all.
-    pub async fn mark_public(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
-        let d = d.clone();
-        self.blocking(move |s| s.mark_public_blocking(kind, &d)).await
     }
 
     pub fn mark_public_blocking(&self, kind: ContentKind, d: &Digest) -> io::Result<()> {
@@ -448,26 +372,12 @@ impl FsStore {
 
     /// The file holding a tag's entry for one media type.
     pub fn tag_file(&self, registry: &RegistryName, repo: &Repository, tag: &Tag, media_type: &str) -> PathBuf {
-        self.tag_dir(registry, repo, tag).join(format!("{}.json", hex::encode(media_type)))
+        self.root.join(layout::tag_entry(registry, repo, tag, media_type))
     }
 
     /// The directory holding a tag's entries.
     pub fn tag_dir(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> PathBuf {
-        self.root.join("tags").join(registry.as_str()).join(repo.as_str()).join("_tags").join(tag.as_str())
-    }
-
-    /// Every media type's entry for a tag.
-    pub async fn tag_entries(
-        &self,
-        registry: &RegistryName,
-        repo: &Repository,
-        tag: &Tag,
-    ) -> io::Result<Vec<TagEntry>> {
-        let dir = self.tag_dir(registry, repo, tag);
-        if let Some(entries) = self.hot.tag(&dir) {
-            return Ok(entries);
-        }
-        self.blocking(move |s| s.tag_dir_entries_blocking(dir)).await
+        self.root.join(layout::tag_dir(registry, repo, tag))
     }
 
     pub fn tag_entries_blocking(
@@ -506,27 +416,6 @@ impl FsStore {
             }
         }
         Ok(out)
-    }
-
-    /// Records what a tag points to for one media type; returns whether the file was written.
-    ///
-    /// Every revalidation of an unchanged tag (each `:latest` pull with a short `--tag-ttl`) comes
-    /// here with only a newer `fetched_at`. Rewriting the file each time would cost two fsyncs per
-    /// pull, so the fresh `fetched_at` is kept in memory and the file is rewritten only when the
-    /// entry changed otherwise, or when its `fetched_at` lags by `refresh_every` or more (`None`:
-    /// never for that alone). A restart can therefore see a `fetched_at` up to `refresh_every` old,
-    /// which only makes the tag revalidate sooner.
-    pub async fn put_tag(
-        &self,
-        registry: &RegistryName,
-        repo: &Repository,
-        tag: &Tag,
-        entry: &TagEntry,
-        refresh_every: Option<Duration>,
-    ) -> io::Result<bool> {
-        let (dir, path, entry) =
-            (self.tag_dir(registry, repo, tag), self.tag_file(registry, repo, tag, &entry.media_type), entry.clone());
-        self.blocking(move |s| s.put_tag_file_blocking(dir, &path, entry, refresh_every)).await
     }
 
     pub fn put_tag_blocking(
@@ -582,41 +471,7 @@ impl FsStore {
     /// The file holding the referrers list of `subject` in a repository (`_referrers` cannot collide
     /// with a repository component, as `_tags`).
     fn referrers_file(&self, registry: &RegistryName, repo: &Repository, subject: &Digest) -> PathBuf {
-        self.root.join("tags").join(registry.as_str()).join(repo.as_str()).join("_referrers").join(format!(
-            "{}-{}.json",
-            subject.algorithm().as_str(),
-            subject.hex()
-        ))
-    }
-
-    /// The stored referrers list of `subject`, as written by `put_referrers`.
-    pub async fn referrers(
-        &self,
-        registry: &RegistryName,
-        repo: &Repository,
-        subject: &Digest,
-    ) -> io::Result<Option<Vec<u8>>> {
-        let path = self.referrers_file(registry, repo, subject);
-        self.blocking(move |_| {
-            assert_blocking_thread();
-            match fs::read(path) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await
-    }
-
-    pub async fn put_referrers(
-        &self,
-        registry: &RegistryName,
-        repo: &Repository,
-        subject: &Digest,
-        json: Vec<u8>,
-    ) -> io::Result<()> {
-        let path = self.referrers_file(registry, repo, subject);
-        self.blocking(move |s| s.write_atomic(&path, &json)).await
+        self.root.join(layout::referrers(registry, repo, subject))
     }
 
     fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<()> {
@@ -634,7 +489,7 @@ impl FsStore {
 const RECHECK_EVERY: Duration = Duration::from_secs(60);
 
 thread_local! {
-    /// Set while a store closure runs on tokio's blocking pool (see `FsStore::blocking`).
+    /// Set while a store closure runs on tokio's blocking pool (see `Disk::blocking`).
     static ON_BLOCKING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -652,11 +507,11 @@ pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Debug builds (every test) catch disk I/O on an async worker: inside a tokio runtime, the sync
-/// store methods may only run within `FsStore::blocking` or a `blocking_section`.
+/// store methods may only run within `Disk::blocking` or a `blocking_section`.
 fn assert_blocking_thread() {
     #[cfg(debug_assertions)]
     if tokio::runtime::Handle::try_current().is_ok() && !ON_BLOCKING_THREAD.with(|c| c.get()) {
-        panic!("store I/O on an async worker thread: use the async FsStore methods");
+        panic!("store I/O on an async worker thread: use the async Disk methods");
     }
 }
 
@@ -668,15 +523,260 @@ fn place(temp: &Path, dest: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// Media types become part of stored files; only the characters RFC 6838 names allow are accepted.
-pub fn valid_media_type(m: &str) -> bool {
-    !m.is_empty()
-        && m.len() <= 255
-        && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b))
-        && m.bytes().filter(|&b| b == b'/').count() == 1
-}
-
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Reads an opened blob file; see `Disk::open_blob` for when the read is verified.
+struct DiskBlob {
+    file: Arc<File>,
+    digest: Digest,
+    size: u64,
+    store: Disk,
+}
+
+impl super::BlobReader for DiskBlob {
+    fn read(self: Box<Self>, range: std::ops::Range<u64>) -> super::ByteStream {
+        let this = *self;
+        if range.end < this.size || this.store.verified.contains_key(&this.digest) {
+            return read_file(this.file, range).boxed();
+        }
+        // Not verified in this process yet: read it whole once, hashing.
+        let whole = read_file(this.file.clone(), 0..this.size).boxed();
+        let (store, digest) = (this.store.clone(), this.digest.clone());
+        let verdict: super::verify::Verdict = Box::new(move |ok| {
+            if ok {
+                store.verified.insert(digest, ());
+            } else {
+                store.found_corrupt(&digest);
+            }
+        });
+        super::verify::verified(whole, this.digest, this.size, range, verdict)
+    }
+}
+
+/// Streams `range` of a file in chunks read on the blocking pool.
+pub fn read_file(file: Arc<File>, range: std::ops::Range<u64>) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    let end = range.end;
+    futures_util::stream::unfold((file, range.start), move |(file, pos)| async move {
+        if pos >= end {
+            return None;
+        }
+        let n = (end - pos).min(READ_CHUNK as u64) as usize;
+        let f = file.clone();
+        match tokio::task::spawn_blocking(move || super::fill::read_exact_at(&f, pos, n)).await {
+            Ok(Ok(b)) => Some((Ok(b), (file, pos + n as u64))),
+            Ok(Err(e)) => Some((Err(e), (file, end))),
+            Err(e) => Some((Err(io::Error::other(e)), (file, end))),
+        }
+    })
+}
+
+/// Bytes read from a file per chunk handed to a client.
+pub const READ_CHUNK: usize = 1024 * 1024;
+
+impl Disk {
+    /// A blob that failed its digest: removed (the next request fetches it again), logged, counted.
+    fn found_corrupt(&self, d: &Digest) {
+        self.corrupt.inc();
+        self.verified.invalidate(d);
+        tracing::error!(digest = %d, root = %self.root.display(), "stored blob does not match its digest: removed, will be fetched again");
+        let path = self.blob_path(d);
+        let store = self.clone();
+        let remove = move || {
+            let _ = fs::remove_file(&path);
+            store.forget_private_marker(&path);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+    }
+
+    /// Whether a blob is remembered as verified in this process (for tests of the store).
+    pub fn is_verified(&self, d: &Digest) -> bool {
+        self.verified.contains_key(d)
+    }
+}
+
+#[async_trait]
+impl super::Store for Disk {
+    fn describe(&self) -> String {
+        format!("disk {}", self.root.display())
+    }
+
+    async fn blob_size(&self, d: &Digest) -> io::Result<Option<u64>> {
+        let d = d.clone();
+        self.blocking(move |s| Ok(s.blob_size_blocking(&d))).await
+    }
+
+    /// Blobs this process committed were verified while they were written; any other (from before
+    /// a restart) is verified on its first read that ends at the blob's end.
+    async fn open_blob(&self, d: &Digest) -> io::Result<Option<super::StoredBlob>> {
+        let d = d.clone();
+        let opened = self
+            .blocking({
+                let d = d.clone();
+                move |s| s.open_blob_blocking(&d)
+            })
+            .await?;
+        Ok(opened.map(|(file, size)| {
+            super::StoredBlob::new(
+                size,
+                Box::new(DiskBlob { file: Arc::new(file), digest: d, size, store: self.clone() }),
+            )
+        }))
+    }
+
+    async fn begin_fill(&self, d: &Digest) -> io::Result<super::Fill> {
+        let d = d.clone();
+        self.blocking(move |s| super::Fill::create_blocking(&s.root.join("tmp"), &d)).await
+    }
+
+    async fn commit_fill(&self, mut fill: super::Fill, private: bool) -> io::Result<()> {
+        let Some(path) = fill.path().map(Path::to_path_buf) else {
+            return Err(io::Error::other("fill already committed"));
+        };
+        let d = fill.digest().clone();
+        let file = fill.file().try_clone()?;
+        let committed = self
+            .blocking(move |s| {
+                file.sync_all()?;
+                if private {
+                    s.mark_private_blocking(ContentKind::Blob, &d)?;
+                }
+                s.commit_blob_blocking(&path, &d)?;
+                s.verified.insert(d, ());
+                Ok(())
+            })
+            .await;
+        if committed.is_ok() {
+            // Renamed into place: the file is the store's now, not a staging file to remove.
+            fill.take_path();
+        }
+        committed
+    }
+
+    async fn make_room(&self, need: u64) {
+        let seen = self.usage.passes();
+        self.usage.request_pass(need);
+        self.usage.wait_for_pass_after(seen).await;
+    }
+
+    /// The hottest manifests are answered from memory; a file is looked at again (is it still
+    /// there, or was it evicted?) at most once a minute per manifest.
+    async fn manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
+        if let Some((m, checked)) = self.hot.manifest(d) {
+            if checked.elapsed() < RECHECK_EVERY {
+                self.record_use(ContentKind::Manifest, d);
+                return Ok(Some(m));
+            }
+        }
+        let d = d.clone();
+        self.blocking(move |s| s.manifest_blocking(&d)).await
+    }
+
+    async fn put_manifest(&self, m: &StoredManifest, private: bool) -> io::Result<()> {
+        let m = m.clone();
+        self.blocking(move |s| {
+            if private {
+                s.mark_private_blocking(ContentKind::Manifest, &m.digest)?;
+            } else {
+                s.mark_public_blocking(ContentKind::Manifest, &m.digest)?;
+            }
+            s.put_manifest_blocking(&m.digest, &m.media_type, &m.bytes)
+        })
+        .await
+    }
+
+    /// An unreadable marker directory counts as private: fail closed.
+    async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
+        let d = d.clone();
+        self.blocking(move |s| Ok(s.is_private_blocking(kind, &d))).await.unwrap_or(true)
+    }
+
+    async fn set_private(&self, kind: ContentKind, d: &Digest, private: bool) -> io::Result<()> {
+        let d = d.clone();
+        self.blocking(
+            move |s| if private { s.mark_private_blocking(kind, &d) } else { s.mark_public_blocking(kind, &d) },
+        )
+        .await
+    }
+
+    async fn tag_entries(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> io::Result<Vec<TagEntry>> {
+        let dir = self.tag_dir(registry, repo, tag);
+        if let Some(entries) = self.hot.tag(&dir) {
+            return Ok(entries);
+        }
+        self.blocking(move |s| s.tag_dir_entries_blocking(dir)).await
+    }
+
+    /// Every revalidation of an unchanged tag (each `:latest` pull with a short `--tag-ttl`) comes
+    /// here with only a newer `fetched_at`. Rewriting the file each time would cost two fsyncs per
+    /// pull, so the fresh `fetched_at` is kept in memory and the file is rewritten only when the
+    /// entry changed otherwise, or when its `fetched_at` lags by `refresh_every` or more (`None`:
+    /// never for that alone). A restart can therefore see a `fetched_at` up to `refresh_every` old,
+    /// which only makes the tag revalidate sooner.
+    async fn put_tag(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        tag: &Tag,
+        entry: &TagEntry,
+        refresh_every: Option<Duration>,
+    ) -> io::Result<bool> {
+        let (dir, path, entry) =
+            (self.tag_dir(registry, repo, tag), self.tag_file(registry, repo, tag, &entry.media_type), entry.clone());
+        self.blocking(move |s| s.put_tag_file_blocking(dir, &path, entry, refresh_every)).await
+    }
+
+    async fn referrers(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        subject: &Digest,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let path = self.referrers_file(registry, repo, subject);
+        self.blocking(move |_| {
+            assert_blocking_thread();
+            match fs::read(path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn put_referrers(
+        &self,
+        registry: &RegistryName,
+        repo: &Repository,
+        subject: &Digest,
+        json: Vec<u8>,
+    ) -> io::Result<()> {
+        let path = self.referrers_file(registry, repo, subject);
+        self.blocking(move |s| s.write_atomic(&path, &json)).await
+    }
+
+    fn start_eviction(&self, policy: super::eviction::EvictionPolicy, metrics: Arc<crate::metrics::Metrics>) {
+        super::eviction::spawn(self.clone(), policy, metrics);
+    }
+
+    /// A stat can hang on a failing disk: off the async workers, like all store I/O.
+    async fn healthy(&self) -> bool {
+        self.blocking(|s| Ok(s.root.join("tmp").is_dir())).await.unwrap_or(false)
+    }
+
+    async fn shutdown(&self) {
+        // Uses recorded in memory become mtimes, so the next process evicts in the same order.
+        self.flush_recency().await;
+        let _ = self
+            .blocking(|s| {
+                s.remove_own_temp_files();
+                Ok(())
+            })
+            .await;
+    }
 }
