@@ -18,7 +18,6 @@ fn htpasswd_file(dir: &std::path::Path, user: &str, pass: &str) -> std::path::Pa
     path
 }
 
-#[test]
 fn htpasswd_requires_credentials_from_every_client() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -59,7 +58,6 @@ fn htpasswd_requires_credentials_from_every_client() {
     assert_eq!(http_request(&locked.addr(), "GET", "/metrics", &[("Authorization", ALICE)]).status, 200);
 }
 
-#[test]
 fn private_content_is_served_only_to_clients_the_origin_confirms() {
     let private = Registry::start_with_htpasswd(&[("alice", "pw")]);
     let public = Registry::start();
@@ -212,3 +210,9 @@ fn tls_serves_https_to_real_clients() {
         run_output(std::process::Command::new("curl").args(["-sS", &format!("https://{}/v2/", cache.addr())]));
     assert!(!untrusted.status.success());
 }
+
+// Each runs on the local disk and on the tiered store (disk tier + S3 bucket): `disk::<name>`, `tiered_s3::<name>`.
+crate::on_every_backend!(
+    htpasswd_requires_credentials_from_every_client,
+    private_content_is_served_only_to_clients_the_origin_confirms,
+);

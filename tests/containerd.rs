@@ -5,7 +5,6 @@ mod support;
 
 use support::*;
 
-#[test]
 fn containerd_pulls_two_registries_through_one_mirror_and_repulls_from_cache() {
     let (a, b) = (Registry::start(), Registry::start());
     let dir = tempfile::tempdir().unwrap();
@@ -74,3 +73,6 @@ fn containerd_with_its_own_credentials_pulls_through_the_401_pass_through() {
     ctrd.pull_ok("auth.test/priv/img:1", &["--user", "alice:pw"]);
     assert!(ctrd.content().contains(&img.layer_digests[0]));
 }
+
+// Each runs on the local disk and on the tiered store (disk tier + S3 bucket): `disk::<name>`, `tiered_s3::<name>`.
+crate::on_every_backend!(containerd_pulls_two_registries_through_one_mirror_and_repulls_from_cache,);

@@ -35,7 +35,6 @@ fn assert_same_image(dest: &Path, img: &BuiltImage) {
     }
 }
 
-#[test]
 fn path_routed_pull_is_identical_and_second_pull_makes_no_upstream_request() {
     let upstream = Registry::start();
     let (_d, img) = push_image(&upstream, "test/img", "1", 1);
@@ -102,7 +101,6 @@ fn ns_query_routing_returns_registry_headers_for_get_and_head() {
     assert_eq!(v["tags"], serde_json::json!(["1"]));
 }
 
-#[test]
 fn one_cache_serves_two_registries_and_stores_a_shared_blob_once() {
     let (a, b) = (Registry::start(), Registry::start());
     let dir = tempfile::tempdir().unwrap();
@@ -317,7 +315,6 @@ fn origin_challenge_is_passed_through_and_client_credentials_forwarded() {
     assert_eq!(blob_anon.status, 401);
 }
 
-#[test]
 fn docker_schema2_and_index_keep_bytes_and_media_types_per_accept() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -379,7 +376,6 @@ fn upload_blob(registry: &Registry, repo: &str, data: &[u8]) -> String {
 /// exactly what was sent: a last-byte-pos past the end (even past u64) is clamped, single bytes at
 /// both ends, unsatisfiable ranges get 416 with `bytes */size`, a HEAD ignores Range, and a
 /// zero-length blob never gets a partial answer.
-#[test]
 fn ranges_on_stored_blobs_follow_rfc_9110_up_to_u64_max() {
     let upstream = Registry::start();
     let (_d, img) = push_image(&upstream, "test/ranges", "1", 90);
@@ -553,3 +549,11 @@ fn pulling_an_unchanged_latest_again_leaves_its_tag_file_alone() {
     let moved = tag_files();
     assert!(moved.iter().any(|(.., bytes, _)| String::from_utf8_lossy(bytes).contains(&img2.manifest_digest)));
 }
+
+// Each runs on the local disk and on the tiered store (disk tier + S3 bucket): `disk::<name>`, `tiered_s3::<name>`.
+crate::on_every_backend!(
+    path_routed_pull_is_identical_and_second_pull_makes_no_upstream_request,
+    one_cache_serves_two_registries_and_stores_a_shared_blob_once,
+    docker_schema2_and_index_keep_bytes_and_media_types_per_accept,
+    ranges_on_stored_blobs_follow_rfc_9110_up_to_u64_max,
+);

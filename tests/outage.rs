@@ -24,7 +24,6 @@ fn get_manifest(cache: &Cache, path: &str) -> HttpResponse {
     http_request(&cache.addr(), "GET", path, &[("Accept", ACCEPT_OCI)])
 }
 
-#[test]
 fn previously_pulled_tags_keep_pulling_through_skopeo_and_containerd_when_the_origin_stops() {
     let mut upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -212,7 +211,6 @@ fn a_dead_endpoint_fails_over_and_is_not_dialled_again_within_the_backoff() {
     assert_eq!(cache.metric(&ep), 1.0);
 }
 
-#[test]
 fn offline_mode_serves_a_warm_cache_with_zero_upstream_requests() {
     let upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -299,7 +297,6 @@ fn the_only_endpoint_back_after_45s_of_failing_requests_is_used_within_a_second(
     assert_eq!(cache.metric(&ep), 0.0, "circuit still reported open");
 }
 
-#[test]
 fn cold_blobs_after_a_kill_9_and_restart_during_an_outage_are_served_within_a_second_of_recovery() {
     let mut upstream = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -399,3 +396,10 @@ fn a_rate_limiting_mirror_does_not_stop_pulls_from_the_next_endpoint() {
     assert_eq!(get_manifest(&cache, "/v2/two.test/test/b/manifests/1").body, b.manifest);
     assert_eq!(mirror.requests().len(), asked, "the mirror was asked during its Retry-After");
 }
+
+// Each runs on the local disk and on the tiered store (disk tier + S3 bucket): `disk::<name>`, `tiered_s3::<name>`.
+crate::on_every_backend!(
+    previously_pulled_tags_keep_pulling_through_skopeo_and_containerd_when_the_origin_stops,
+    offline_mode_serves_a_warm_cache_with_zero_upstream_requests,
+    cold_blobs_after_a_kill_9_and_restart_during_an_outage_are_served_within_a_second_of_recovery,
+);

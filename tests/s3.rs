@@ -145,3 +145,78 @@ fn replicas_can_share_a_directory_as_their_store() {
     assert_success(&skopeo_copy_to_dir(&src(r2.port), out2.path(), &[]), "pull via replica 2");
     assert!(upstream.requests_since(mark).is_empty());
 }
+
+/// The tiered store: a replica whose disk tier is empty serves the bucket's copy and keeps it on its
+/// disk; bytes in the bucket that do not match their digest (another writer, a bad upload) are never
+/// completed to a client: the response is cut, the object removed, the metric counted, and the next
+/// request fetches the blob from the origin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_hits_are_copied_to_disk_and_corrupt_objects_are_cut_removed_and_fetched_again() {
+    let moto = Moto::start();
+    moto.create_bucket("cache");
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(
+        dir.path(),
+        "1",
+        "amd64",
+        &[LayerSpec::file("good", random_bytes(3 << 20, 21)), LayerSpec::file("bad", random_bytes(3 << 20, 22))],
+    );
+    push(&img.layout, "1", &format!("{}/test/img:1", upstream.addr()), Format::Oci, None);
+    let up = format!("one.test={}", upstream.url());
+    let d1 = tempfile::tempdir().unwrap();
+    let r1 = replica(&moto, "cache", d1.path(), &up);
+    let out = tempfile::tempdir().unwrap();
+    let src = |port: u16| format!("docker://127.0.0.1:{port}/one.test/test/img:1");
+    assert_success(&skopeo_copy_to_dir(&src(r1.port), out.path(), &[]), "pull via replica 1");
+    poll_until(DEFAULT_TIMEOUT, "the blobs to reach the bucket", || {
+        let keys = moto.keys("cache");
+        img.blob_digests().iter().all(|d| has_blob(&keys, d))
+    });
+    // Someone overwrites one layer in the bucket with other bytes of the same length.
+    let (ok_digest, bad_digest) = (img.layer_digests[0].clone(), img.layer_digests[1].clone());
+    let hex = bad_digest.strip_prefix("sha256:").unwrap();
+    let key = format!("/cache/blobs/sha256/{}/{hex}", &hex[..2]);
+    let mut forged = img.layer_blobs[1].clone();
+    forged[1000] ^= 0xff;
+    let put = http_send(&moto.addr(), "PUT", &key, &[], Some(&forged));
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+
+    let d2 = tempfile::tempdir().unwrap();
+    let r2 = replica(&moto, "cache", d2.path(), &up);
+    let addr2 = format!("127.0.0.1:{}", r2.port);
+    let url = |d: &str| format!("http://{addr2}/v2/one.test/test/img/blobs/{d}");
+    let stored_on_r2 = |d: &str| {
+        let hex = d.strip_prefix("sha256:").unwrap().to_owned();
+        files_under(&d2.path().join("blobs")).iter().any(|p| p.ends_with(&hex))
+    };
+
+    // A good bucket object: served without the origin, then kept on the replica's disk.
+    let mark = upstream.mark();
+    let body = reqwest::get(url(&ok_digest)).await.unwrap().bytes().await.unwrap();
+    assert!(body == img.layer_blobs[0], "bucket hit served wrong bytes");
+    assert!(upstream.requests_since(mark).is_empty(), "a bucket hit asked the origin");
+    poll_until(DEFAULT_TIMEOUT, "the bucket hit to be copied to the disk tier", || stored_on_r2(&ok_digest));
+
+    // The forged object: the response is cut, never complete.
+    let resp = reqwest::get(url(&bad_digest)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await;
+    assert!(
+        got.as_ref().map_or(true, |b| b.len() < forged.len()),
+        "a client received a complete body whose bytes fail the digest"
+    );
+    poll_until(DEFAULT_TIMEOUT, "the corrupt object to be removed", || !has_blob(&moto.keys("cache"), &bad_digest));
+    let metrics = http_request(&addr2, "GET", "/metrics", &[]);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("ocicache_store_corrupt_total{tier=\"bucket\"} 1"), "{text}");
+    assert!(!stored_on_r2(&bad_digest), "corrupt bytes reached the disk tier");
+
+    // The next request fetches it from the origin, verified, and stores it again.
+    let mark = upstream.mark();
+    let body = reqwest::get(url(&bad_digest)).await.unwrap().bytes().await.unwrap();
+    assert!(body == img.layer_blobs[1], "wrong bytes after the corrupt object was removed");
+    let asked = upstream.requests_since(mark);
+    assert_eq!(asked.iter().filter(|r| r.method == "GET" && r.path.contains("/blobs/")).count(), 1, "{asked:?}");
+    poll_until(DEFAULT_TIMEOUT, "the good copy in the bucket again", || has_blob(&moto.keys("cache"), &bad_digest));
+}

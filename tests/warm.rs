@@ -69,11 +69,11 @@ fn stored_hexes(blobs: &[std::path::PathBuf]) -> Vec<String> {
 
 fn run_warm(cache_dir: &Path, upstream: &str, extra: &[&str]) -> Output {
     let mut cmd = ocicache_bin();
-    cmd.arg("--cache-dir").arg(cache_dir).args(["--upstream", upstream, "warm"]).args(extra);
+    cmd.envs(backend_env()).arg("--cache-dir").arg(cache_dir).args(backend_flags());
+    cmd.args(["--upstream", upstream, "warm"]).args(extra);
     run_output(&mut cmd)
 }
 
-#[test]
 fn warmed_images_are_pulled_by_containerd_without_reaching_the_origin() {
     let fx = Fixture::new();
     let tmp = tempfile::tempdir().unwrap();
@@ -138,7 +138,6 @@ fn a_missing_image_fails_the_run_and_is_named_while_the_others_are_warmed() {
     }
 }
 
-#[test]
 fn server_mode_fills_a_running_cache_with_only_the_chosen_platform() {
     let fx = Fixture::new();
     let cache = Cache::start(&["--upstream", &fx.upstream()]);
@@ -231,3 +230,9 @@ fn image_references_are_normalised_like_docker() {
         assert!(Platform::parse(bad).is_err(), "{bad:?} should be refused");
     }
 }
+
+// Each runs on the local disk and on the tiered store (disk tier + S3 bucket): `disk::<name>`, `tiered_s3::<name>`.
+crate::on_every_backend!(
+    warmed_images_are_pulled_by_containerd_without_reaching_the_origin,
+    server_mode_fills_a_running_cache_with_only_the_chosen_platform,
+);

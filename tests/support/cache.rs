@@ -29,6 +29,7 @@ impl Cache {
     /// Starts on an existing cache directory (to check what survives a restart).
     pub fn start_in(dir: &Path, args: &[&str]) -> Cache {
         let mut all: Vec<String> = vec!["ocicache".into(), "--cache-dir".into(), dir.display().to_string()];
+        all.extend(super::backend_flags());
         all.extend(args.iter().map(|s| s.to_string()));
         let config = ocicache::Config::from_args(&all).unwrap_or_else(|e| panic!("config {all:?}: {e}"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -142,8 +143,10 @@ impl CacheProcess {
         let port = super::free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = ocicache_bin()
+            .envs(super::backend_env())
             .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+            .args(super::backend_flags())
             .args(args)
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("log file"))

@@ -10,6 +10,7 @@
 //! All traffic stays on 127.0.0.1.
 #![allow(dead_code, unused_imports)]
 
+pub mod backend;
 pub mod cache;
 pub mod certs;
 pub mod containerd;
@@ -20,6 +21,7 @@ pub mod relay;
 pub mod s3;
 pub mod token;
 
+pub use backend::*;
 pub use cache::*;
 pub use certs::*;
 pub use containerd::*;

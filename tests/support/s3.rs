@@ -26,8 +26,27 @@ fn moto_server() -> PathBuf {
 
 impl Moto {
     pub fn start() -> Moto {
+        Self::spawn(Command::new(moto_server()))
+    }
+
+    /// Started so that it is killed when the calling thread ends (Linux's parent-death signal):
+    /// for a server shared by a whole test binary, started from a thread that never ends.
+    pub fn start_tied_to_this_thread() -> Moto {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(moto_server());
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Moto {
         let port = free_port();
-        let child = Command::new(moto_server())
+        let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
