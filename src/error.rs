@@ -75,13 +75,14 @@ pub enum Error {
     Store(Arc<std::io::Error>),
 
     #[error("{0}")]
-    Shared(Arc<Error>),
+    /// The error of a download or coalesced fetch this request joined: one error, many clients.
+    Joined(Arc<Error>),
 }
 
 /// An error several requests share (a coalesced or joined download's), handed on to one of them.
 impl From<Arc<Error>> for Error {
     fn from(e: Arc<Error>) -> Self {
-        Error::Shared(e)
+        Error::Joined(e)
     }
 }
 
@@ -95,7 +96,7 @@ impl Error {
     /// The error behind any sharing wrapper (coalesced requests hand one error to many clients).
     pub fn inner(&self) -> &Error {
         match self {
-            Error::Shared(e) => e.inner(),
+            Error::Joined(e) => e.inner(),
             e => e,
         }
     }
@@ -158,8 +159,8 @@ impl Error {
                 (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
             }
             Error::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
-            // `inner()` unwraps every `Shared`; this arm only keeps the match total without a panic.
-            Error::Shared(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
+            // `inner()` unwraps every `Joined`; this arm only keeps the match total without a panic.
+            Error::Joined(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
         };
         (status, OciError::new(code, msg), headers)
     }
