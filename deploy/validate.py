@@ -20,15 +20,16 @@ helm-python-sdk). Run it through validate.sh, which makes that venv.
      (ocicache.yaml: the defaults plus the node configurator; ocicache-s3.yaml: a bucket and three
      replicas), object by object (ConfigMap TOML compared parsed), the commented optional settings
      use the chart's file paths, and deploy/containerd/hosts.toml is the host table the chart writes;
-  6. with an ocicache binary, every rendered ocicache.toml and the plain ones are started on
-     127.0.0.1 (the Secret files replaced by generated fixtures), which refuses unknown keys and
-     bad values, and the probes' paths, client authentication and TLS are checked over HTTP(S).
-     A config with object storage would reach for its bucket: it is started with the pod's literal
-     AWS_* variables, dummy keys and AWS_ENDPOINT_URL_S3 pointing at a local endpoint that has no
-     buckets (404 NoSuchBucket at once; a closed port would be retried for seconds), and must get as
-     far as "cannot list the bucket" for its own storage URL, having asked for that bucket and prefix
-     (so every key was known and every value valid). `ocicache hosts` must produce the same host
-     table.
+  6. with an ocicache binary, every rendered ocicache.toml and the plain ones (the Secret files
+     replaced by generated fixtures) are checked by `ocicache check-config`, which refuses unknown
+     keys and bad values as a start would: it must accept each, print every key with the value the
+     file gives, and print nothing of the Secret files. What needs a running server follows: each
+     config without object storage is started on 127.0.0.1 and the probes' paths, client
+     authentication and TLS are checked over HTTP(S); a config with object storage is started with
+     the pod's literal AWS_* variables, dummy keys and AWS_ENDPOINT_URL_S3 pointing at a local
+     endpoint that has no buckets (404 NoSuchBucket at once; a closed port would be retried for
+     seconds), and must get as far as "cannot list the bucket" for its own storage URL, having asked
+     for that bucket and prefix. `ocicache hosts` must produce the same host table.
 
 Prints problems to stderr and a JSON summary on the last line of stdout; exits 1 on any problem.
 """
@@ -93,15 +94,34 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def seconds(d) -> float | None:
-    """A duration as ocicache reads the common forms: 30s, 1m30s, 250ms, 2h, or bare seconds."""
+    """A duration as ocicache reads the common forms: 30s, 1m30s, 250ms, 2h, 30d, or bare seconds."""
     s = str(d).strip()
     if re.fullmatch(r"\d+", s):
         return float(s)
-    parts = re.findall(r"(\d+)(ms|h|m|s)", s)
+    parts = re.findall(r"(\d+)(ms|d|h|m|s)", s)
     if not parts or "".join(n + u for n, u in parts) != s:
         return None
-    unit = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    unit = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
     return sum(int(n) * unit[u] for n, u in parts)
+
+
+def size_bytes(v) -> float | None:
+    """A size as ocicache reads it: 50GiB, 500MB, 1.5TiB, or bare bytes."""
+    m = re.fullmatch(r"([0-9.]+)\s*([kmgt]i?)?b?", str(v).strip().lower())
+    if not m:
+        return None
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+    return float(m.group(1)) * scale[m.group(2) or ""]
+
+
+def same_setting(want, got) -> bool:
+    """Whether ocicache's printed value is the file's: durations and sizes may be written otherwise
+    (`60s` is printed `1m`)."""
+    if want == got:
+        return True
+    if isinstance(want, bool) or isinstance(got, bool) or not isinstance(want, (str, int)) or not isinstance(got, (str, int)):
+        return False
+    return any(f(want) is not None and f(want) == f(got) for f in (seconds, size_bytes))
 
 
 # ------------------------------------------------------------------ scenarios
@@ -589,12 +609,14 @@ class Fixtures:
     def __init__(self, work: Path):
         self.dir = work / "fixtures"
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "creds.yaml").write_text("registry.corp.example:\n  username: puller\n  password: secret\n")
+        # What check-config must never print: the contents of the files (paths only).
+        self.secrets = ["fixture-password-5bd0", "$2y$05$Wj0gJ7ioZ9dDgO7a6P2tN.zjJ1m0D9s7xvRz7x8z0ZrO0x8QyQ9uG"]
+        (self.dir / "creds.yaml").write_text(f"registry.corp.example:\n  username: puller\n  password: {self.secrets[0]}\n")
         (self.dir / "config.json").write_text(
             json.dumps({"auths": {"ghcr.io": {"auth": "dTpw"}}, "credHelpers": {"us-docker.pkg.dev": "gcr"}})
         )
         # A bcrypt entry as htpasswd -B writes it (user "u", password "p"; only read, never verified here).
-        (self.dir / "htpasswd").write_text("u:$2y$05$Wj0gJ7ioZ9dDgO7a6P2tN.zjJ1m0D9s7xvRz7x8z0ZrO0x8QyQ9uG\n")
+        (self.dir / "htpasswd").write_text(f"u:{self.secrets[1]}\n")
         self.tls = False
         if shutil.which("openssl"):
             r = subprocess.run(
@@ -631,12 +653,48 @@ def write_config(where: str, cfg: dict, text: str, fixtures: Fixtures, work: Pat
     return slug, conf
 
 
-def run_config(binary: str, where: str, cfg: dict, text: str, fixtures: Fixtures, work: Path, http_checks: bool) -> bool:
-    """Starts ocicache on the config (Secret files replaced by fixtures); checks probes and auth."""
+def settings_of(cfg: dict, path: tuple = ()):
+    """(path of keys, value) of every setting of a parsed config, those of [registries.*] included."""
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            yield from settings_of(v, path + (k,))
+        else:
+            yield path + (k,), v
+
+
+def check_config(binary: str, where: str, cfg: dict, text: str, fixtures: Fixtures, work: Path) -> Path | None:
+    """`ocicache check-config` on the config (Secret files replaced by fixtures): it must accept it
+    and print each setting with the file's value and nothing of the Secret files. Returns the
+    config's path when accepted; None when refused or when it needs TLS fixtures that could not be made."""
     written = write_config(where, cfg, text, fixtures, work)
     if written is None:
-        return False
-    slug, conf = written
+        return None
+    _, conf = written
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCICACHE_")}
+    r = subprocess.run([binary, "check-config", "--config", str(conf)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, env=env, timeout=30)
+    if r.returncode != 0:
+        problem(f"{where}: `ocicache check-config` refuses its ocicache.toml (exit {r.returncode}): "
+                f"{' | '.join(r.stderr.strip().splitlines()[-3:]) or 'no output'}")
+        return None
+    try:
+        printed = tomllib.loads(r.stdout)
+    except tomllib.TOMLDecodeError as e:
+        problem(f"{where}: `ocicache check-config` printed no TOML ({e})")
+        return None
+    for path, want in settings_of(tomllib.loads(conf.read_text())):
+        got = functools.reduce(lambda t, k: t.get(k) if isinstance(t, dict) else None, path, printed)
+        if not same_setting(want, got):
+            problem(f"{where}: `ocicache check-config` says {'.'.join(path)} = {got!r}; the file says {want!r}")
+    for secret in fixtures.secrets:
+        if secret in r.stdout:
+            problem(f"{where}: `ocicache check-config` printed the contents of a Secret file ({secret[:8]}...)")
+    return conf
+
+
+def run_config(binary: str, where: str, conf: Path, cfg: dict, work: Path) -> bool:
+    """Starts ocicache on the (checked) config; checks probes, client authentication and TLS."""
+    slug = conf.stem
     log_path = work / f"{slug}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCICACHE_") and "PROXY" not in k.upper()}
     with open(log_path, "w") as log:
@@ -658,8 +716,7 @@ def run_config(binary: str, where: str, cfg: dict, text: str, fixtures: Fixtures
             out = log_path.read_text(errors="replace").strip().splitlines()
             problem(f"{where}: ocicache did not start on its ocicache.toml: {' | '.join(out[-3:]) or 'no output'}")
             return True
-        if http_checks:
-            check_http(where, cfg, port)
+        check_http(where, cfg, port)
         return True
     finally:
         if proc.poll() is None:
@@ -708,16 +765,13 @@ class NoBucketEndpoint:
         self.server.server_close()
 
 
-def run_storage_config(binary: str, where: str, cfg: dict, text: str, env_of_pod: dict, fixtures: Fixtures,
-                       work: Path, endpoint: NoBucketEndpoint) -> bool:
-    """ocicache on a config with object storage, its endpoint replaced by one without buckets: it
-    must read the whole config (an unknown key or a bad value stops it earlier, with another message)
-    and then fail listing exactly the bucket and prefix of its storage URL."""
+def run_storage_config(binary: str, where: str, conf: Path, cfg: dict, env_of_pod: dict, work: Path,
+                       endpoint: NoBucketEndpoint) -> bool:
+    """ocicache on a (checked) config with object storage and the pod's AWS_* variables, its endpoint
+    replaced by one without buckets: it must fail listing exactly the bucket and prefix of its
+    storage URL."""
     storage = cfg["storage"]
-    written = write_config(where, cfg, text, fixtures, work)
-    if written is None:
-        return False
-    slug, conf = written
+    slug = conf.stem
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OCICACHE_", "AWS_")) and "PROXY" not in k.upper()}
     # The pod's literal AWS_* values (region, STS endpoint, ...). Keys from Secrets become dummies,
     # which also keeps the client away from instance metadata and STS.
@@ -782,7 +836,7 @@ def main() -> int:
     verbose = args.verbose
     work = Path(args.work)
     versions = args.k8s_versions.split()
-    summary = {"objects": 0, "renderings": 0, "refusals": 0, "configs_started": 0, "storage_configs": 0,
+    summary = {"objects": 0, "renderings": 0, "refusals": 0, "configs_checked": 0, "configs_started": 0, "storage_configs": 0,
                "versions": versions, "notes": notes}
 
     step("yamllint: plain manifests, Chart.yaml, values.yaml")
@@ -892,14 +946,19 @@ def main() -> int:
             problem(f"{where}: expected one [host.\"{mirror}\"] with capabilities pull, resolve and dial_timeout; got {parsed}")
 
     if args.binary:
-        step(f"{args.binary}: every ocicache.toml started on 127.0.0.1, probes and auth over HTTP(S)")
+        step(f"{args.binary}: every ocicache.toml through `ocicache check-config`, then started on 127.0.0.1 "
+             "for probes, auth and TLS over HTTP(S), or up to listing its bucket")
         fixtures = Fixtures(work)
         endpoint = NoBucketEndpoint()
         for where, cfg, text, env in configs:
+            conf = check_config(args.binary, where, cfg, text, fixtures, work)
+            if conf is None:
+                continue
+            summary["configs_checked"] += 1
             if cfg.get("storage"):
-                if run_storage_config(args.binary, where, cfg, text, env, fixtures, work, endpoint):
+                if run_storage_config(args.binary, where, conf, cfg, env, work, endpoint):
                     summary["storage_configs"] += 1
-            elif run_config(args.binary, where, cfg, text, fixtures, work, True):
+            elif run_config(args.binary, where, conf, cfg, work):
                 summary["configs_started"] += 1
         endpoint.close()
         r = subprocess.run([args.binary, "hosts", "--endpoint", mirror], capture_output=True, text=True, timeout=30)

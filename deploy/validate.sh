@@ -4,9 +4,11 @@
 #   them (and refusing the ones it must refuse, such as s3.enabled without a bucket); every object
 #   against the Kubernetes schemas (strict); the wiring of Secrets, probes, TLS, shutdown and S3;
 #   deploy/kubernetes/*.yaml equal to their chart renderings; deploy/containerd/hosts.toml; and,
-#   with an ocicache binary at hand, every rendered ocicache.toml started on 127.0.0.1 (unknown keys
-#   and bad values stop ocicache; configs with object storage must get as far as listing their
-#   bucket, at a local endpoint without buckets) plus deploy/grafana/check.sh.
+#   with an ocicache binary at hand, every rendered ocicache.toml checked by `ocicache check-config`
+#   (unknown keys and bad values refused, every setting read as written), then started on 127.0.0.1
+#   for what needs a running server (probes, client auth and TLS over HTTP(S); configs with object
+#   storage as far as listing their bucket, at a local endpoint without buckets) plus
+#   deploy/grafana/check.sh.
 #
 # Needs python3 (made for 3.11) with venv and pip access to PyPI. The tools are pinned below and
 # installed once into a venv kept in ${XDG_CACHE_HOME:-~/.cache}/ocicache-validate (a fresh machine:
@@ -150,12 +152,14 @@ parts = [
     f"{s['renderings']} chart renderings, {s['refusals']} refused as they must be",
 ]
 if binary:
-    parts.append(f"{s['configs_started']} ocicache.toml started by {binary}" + (" (older than src/)" if stale else ""))
+    parts.append(f"{s.get('configs_checked', 0)} ocicache.toml accepted by {binary} check-config"
+                 + (" (older than src/)" if stale else ""))
+    parts.append(f"{s['configs_started']} started for probes, auth and TLS")
     parts.append(f"{s.get('storage_configs', 0)} with S3 storage read up to the bucket check")
     if grafana:
         parts.append("dashboard metrics exported")
 else:
-    parts.append("no ocicache binary: configs NOT started")
+    parts.append("no ocicache binary: configs NOT checked")
 parts += s.get("notes", [])
 print(", ".join(parts))
 PY

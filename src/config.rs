@@ -1,15 +1,22 @@
 //! Configuration: the flags of containerd-registry-cache (same names, same meaning) plus ocicache's
-//! own, and an optional TOML file with the same settings. Flags override the file. Everything is
-//! validated once here, so a bad setting fails at start with a message naming it.
+//! own, and an optional TOML file with the same settings.
+//!
+//! One struct, [`Settings`], is the file's format, holds every default (`Settings::default`) and is
+//! what `ocicache check-config` prints. It is built in layers: the defaults, the file on top, the
+//! flags that were given on top of that ([`Layered`]). Only then is it validated, once, into the
+//! [`Config`] the server runs with, so a bad setting fails at start with a message naming it: the
+//! flag when a flag set it, the file's key otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
 use crate::cache::TagPolicy;
@@ -17,20 +24,276 @@ use crate::oci::RegistryName;
 use crate::store::eviction::EvictionPolicy;
 use crate::upstream::{Credentials, OriginOptions, Registries};
 
-pub const DEFAULT_PORT: u16 = 3000;
-pub const DEFAULT_CACHE_DIR: &str = "/tmp/data";
-pub const DEFAULT_SKIP_TAGS: &str = "latest";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
+/// Every setting, as the config file spells it. Each key means what the flag of the same name
+/// means (see [`Cli`]); repeatable flags are lists (`private_registries`, `allow_registries`) and
+/// `--upstream NAME=URL` is `registries."NAME".endpoints`. A key missing from the file keeps its
+/// default; an unknown key is an error, so a typo never silently does nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub port: u16,
+    pub listen: IpAddr,
+    pub cache_dir: PathBuf,
+    pub cache_manifests: bool,
+    /// Unanchored regex; empty disables.
+    pub skip_tags: String,
+    pub creds_file: Option<PathBuf>,
+    pub docker_config: Option<PathBuf>,
+    pub credential_ttl: HumanDuration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub private_registries: Vec<String>,
+    pub bucket: Option<String>,
+    pub storage: Option<String>,
+    pub allow_registries: Vec<String>,
+    pub default_registry: String,
+    pub tag_ttl: HumanDuration,
+    pub immutable_tags: Option<String>,
+    pub offline: bool,
+    pub connect_timeout: HumanDuration,
+    pub first_byte_timeout: HumanDuration,
+    pub endpoint_backoff: HumanDuration,
+    pub auth_cache_ttl: HumanDuration,
+    pub htpasswd: Option<PathBuf>,
+    pub metrics_auth: bool,
+    pub max_upstream_concurrency: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_size: Option<ByteSize>,
+    pub max_age: Option<HumanDuration>,
+    pub shutdown_timeout: HumanDuration,
+    pub shutdown_delay: HumanDuration,
+    pub warm_from_cluster: bool,
+    pub kubeconfig: Option<PathBuf>,
+    /// Per-registry settings, keyed by registry name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, RegistrySettings>,
+}
+
+/// The defaults: containerd-registry-cache's for its flags, ocicache's own for the rest. The only
+/// place they are written down (the `[default: ...]` of `--help` is checked against them).
+impl Default for Settings {
+    fn default() -> Self {
+        let secs = |s| HumanDuration(Duration::from_secs(s));
+        Settings {
+            port: 3000,
+            listen: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            cache_dir: PathBuf::from("/tmp/data"),
+            cache_manifests: true,
+            skip_tags: "latest".to_owned(),
+            creds_file: None,
+            docker_config: None,
+            credential_ttl: secs(300),
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            private_registries: Vec::new(),
+            bucket: None,
+            storage: None,
+            allow_registries: Vec::new(),
+            default_registry: "docker.io".to_owned(),
+            tag_ttl: secs(300),
+            immutable_tags: None,
+            offline: false,
+            connect_timeout: secs(5),
+            first_byte_timeout: secs(30),
+            endpoint_backoff: secs(30),
+            auth_cache_ttl: secs(60),
+            htpasswd: None,
+            metrics_auth: false,
+            max_upstream_concurrency: 32,
+            tls_cert: None,
+            tls_key: None,
+            max_size: None,
+            max_age: None,
+            shutdown_timeout: secs(30),
+            shutdown_delay: secs(0),
+            warm_from_cluster: false,
+            kubeconfig: None,
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Same as `--upstream NAME=URL,...`.
+    pub endpoints: Vec<String>,
+    /// Runs `docker-credential-<name> get` for this registry's credentials (or a path to a helper).
+    pub credential_helper: Option<String>,
+    /// Extra CA bundle (PEM) trusted for this origin only.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS with this origin; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Skip certificate verification for this origin (self-signed test setups). Defaults stay strict.
+    pub insecure: bool,
+}
+
+/// A duration written `5m`, `30s`, `1h30m` or as a bare number of seconds (also a TOML integer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Text", into = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(secs) = s.parse::<u64>() {
+            return Ok(HumanDuration(Duration::from_secs(secs)));
+        }
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
+    }
+}
+
+/// In the largest unit that divides the duration (`90m`, `30d`), as such settings are written.
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u128); 5] = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
+        if self.0.is_zero() {
+            return f.write_str("0s");
+        }
+        if self.0.subsec_nanos() % 1_000_000 != 0 {
+            return humantime::format_duration(self.0).fmt(f);
+        }
+        let ms = self.0.as_millis();
+        let (unit, n) = UNITS.iter().find(|(_, n)| ms % n == 0).unwrap_or(&("ms", 1));
+        write!(f, "{}{unit}", ms / n)
+    }
+}
+
+/// A size written `50GiB`, `500MB` or as a number of bytes (also a TOML integer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Text", into = "String")]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::store::eviction::parse_size(s).map(ByteSize)
+    }
+}
+
+/// In the largest unit that divides the size, so that printed settings read as they were written.
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 8] = [
+            ("TiB", 1 << 40),
+            ("TB", 1_000_000_000_000),
+            ("GiB", 1 << 30),
+            ("GB", 1_000_000_000),
+            ("MiB", 1 << 20),
+            ("MB", 1_000_000),
+            ("KiB", 1 << 10),
+            ("KB", 1_000),
+        ];
+        match UNITS.iter().find(|(_, n)| self.0 > 0 && self.0 % n == 0) {
+            Some((unit, n)) => write!(f, "{}{unit}", self.0 / n),
+            None => write!(f, "{}B", self.0),
+        }
+    }
+}
+
+/// How durations and sizes may be written in the file: as text, as on the command line, or as a
+/// whole number (of seconds, of bytes), which reads as its digits would.
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Text;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("text such as \"30s\" or \"50GiB\", or a whole number (of seconds, of bytes)")
+            }
+
+            fn visit_str<E>(self, s: &str) -> Result<Text, E> {
+                Ok(Text(s.to_owned()))
+            }
+
+            fn visit_i64<E>(self, n: i64) -> Result<Text, E> {
+                Ok(Text(n.to_string()))
+            }
+
+            fn visit_u64<E>(self, n: u64) -> Result<Text, E> {
+                Ok(Text(n.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl TryFrom<Text> for HumanDuration {
+    type Error = String;
+
+    fn try_from(t: Text) -> Result<Self, String> {
+        t.0.parse()
+    }
+}
+
+impl TryFrom<Text> for ByteSize {
+    type Error = String;
+
+    fn try_from(t: Text) -> Result<Self, String> {
+        t.0.parse()
+    }
+}
+
+impl From<HumanDuration> for String {
+    fn from(d: HumanDuration) -> String {
+        d.to_string()
+    }
+}
+
+impl From<ByteSize> for String {
+    fn from(s: ByteSize) -> String {
+        s.to_string()
+    }
+}
+
+/// One `--upstream NAME=URL[,URL...]`, checked as the flag is parsed.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    name: String,
+    endpoints: Vec<String>,
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (name, urls) = spec.split_once('=').ok_or("expected NAME=URL[,URL...]")?;
+        RegistryName::parse(name).map_err(|e| e.message)?;
+        let endpoints: Vec<String> = urls.split(',').map(str::to_owned).collect();
+        parse_urls(&endpoints)?;
+        Ok(Upstream { name: name.to_owned(), endpoints })
+    }
+}
+
+/// `--upstream` as the file spells it: `registries."NAME".endpoints` (the last flag for a name wins).
+fn upstreams_as_registries<S: Serializer>(upstreams: &[Upstream], s: S) -> Result<S::Ok, S::Error> {
+    let tables: BTreeMap<&str, BTreeMap<&str, &[String]>> =
+        upstreams.iter().map(|u| (u.name.as_str(), BTreeMap::from([("endpoints", u.endpoints.as_slice())]))).collect();
+    tables.serialize(s)
+}
+
 /// Command-line flags. Every value is optional so that a flag the user did not give leaves the
-/// config file's value (or the default) in place.
-#[derive(Debug, Parser)]
+/// config file's value (or the default) in place. Serialized, the flags that were given are a table
+/// of the config file's shape ([`Cli::overrides`]; TOML leaves out the `None`s), which is laid over
+/// the file.
+#[derive(Debug, Parser, Serialize)]
 #[command(
     name = "ocicache",
     version,
@@ -40,10 +303,12 @@ pub enum LogFormat {
 pub struct Cli {
     /// Print the version and exit
     #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    #[serde(skip)]
     version: Option<bool>,
 
     /// TOML config file with the same settings as these flags (flags win)
     #[arg(global = true, short = 'c', long = "config", value_name = "FILE", env = "OCICACHE_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// Port to listen on [default: 3000]
@@ -71,8 +336,8 @@ pub struct Cli {
     pub docker_config: Option<PathBuf>,
 
     /// How long credentials from a credential helper are reused [default: 5m]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub credential_ttl: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub credential_ttl: Option<HumanDuration>,
 
     /// YAML credentials for origins: `<host>[/<path prefix>]: {username, password}`, longest prefix wins
     #[arg(global = true, short = 'f', long, value_name = "FILE")]
@@ -88,6 +353,7 @@ pub struct Cli {
 
     /// Registry whose content is private: cached, but served only to clients the origin confirms; repeatable
     #[arg(global = true, long = "private-registry", value_name = "HOST")]
+    #[serde(rename = "private_registries", skip_serializing_if = "Vec::is_empty")]
     pub private_registry: Vec<String>,
 
     /// S3 bucket shared by every replica (same as --storage s3://NAME); AWS_* environment for credentials
@@ -102,10 +368,13 @@ pub struct Cli {
     /// Where registry NAME is fetched from, endpoints tried in order; repeatable.
     /// Example: --upstream myreg.test=http://127.0.0.1:5000
     #[arg(global = true, long, value_name = "NAME=URL[,URL...]")]
-    pub upstream: Vec<String>,
+    #[serde(rename = "registries", skip_serializing_if = "Vec::is_empty", serialize_with = "upstreams_as_registries")]
+    pub upstream: Vec<Upstream>,
 
-    /// Extra registry that may be dialled (exact host[:port] or `*.domain`); repeatable
+    /// Extra registry that may be dialled (exact host[:port] or `*.domain`); repeatable, adds to the
+    /// config file's list
     #[arg(global = true, long = "allow-registry", value_name = "NAME")]
+    #[serde(rename = "allow_registries", skip_serializing_if = "Vec::is_empty")]
     pub allow_registry: Vec<String>,
 
     /// Registry for requests with neither `?ns=` nor a registry host in the path [default: docker.io]
@@ -113,48 +382,48 @@ pub struct Cli {
     pub default_registry: Option<String>,
 
     /// How long a cached tag is served before revalidating with a HEAD (0 = every time) [default: 5m]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub tag_ttl: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub tag_ttl: Option<HumanDuration>,
 
     /// Regex of tags that never move (e.g. '^v?[0-9]+(\.[0-9]+){2}$'): never revalidated
     #[arg(global = true, long, value_name = "REGEX")]
     pub immutable_tags: Option<String>,
 
-    /// Serve only what is cached; never contact an origin
+    /// Serve only what is cached; never contact an origin [default: false]
     #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub offline: Option<bool>,
 
     /// Time allowed to connect to an origin [default: 5s]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub connect_timeout: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub connect_timeout: Option<HumanDuration>,
 
     /// Time allowed for an origin's response headers [default: 30s]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub first_byte_timeout: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub first_byte_timeout: Option<HumanDuration>,
 
     /// Require Basic credentials from every client, checked against this htpasswd file (bcrypt, `htpasswd -B`)
     #[arg(global = true, long, value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
 
-    /// With --htpasswd, also require credentials for /metrics
+    /// With --htpasswd, also require credentials for /metrics [default: false]
     #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub metrics_auth: Option<bool>,
 
     /// Keep the store under this size, evicting least recently used content (e.g. 50GiB)
-    #[arg(global = true, long, value_name = "SIZE", value_parser = crate::store::eviction::parse_size)]
-    pub max_size: Option<u64>,
+    #[arg(global = true, long, value_name = "SIZE")]
+    pub max_size: Option<ByteSize>,
 
     /// Evict content not used for this long (e.g. 30d)
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_age: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub max_age: Option<HumanDuration>,
 
     /// How long in-flight responses may take to finish after SIGTERM [default: 30s]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub shutdown_timeout: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<HumanDuration>,
 
     /// After SIGTERM, how long /readyz reports unready before new connections stop [default: 0s]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub shutdown_delay: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub shutdown_delay: Option<HumanDuration>,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
     #[arg(global = true, long, value_name = "FILE", requires = "tls_key")]
@@ -169,39 +438,33 @@ pub struct Cli {
     pub max_upstream_concurrency: Option<usize>,
 
     /// How long a client's confirmed access to private content is remembered [default: 60s]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub auth_cache_ttl: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub auth_cache_ttl: Option<HumanDuration>,
 
     /// How long a failed origin endpoint is skipped (doubles while it keeps failing, up to 8x) [default: 30s]
-    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_duration)]
-    pub endpoint_backoff: Option<Duration>,
+    #[arg(global = true, long, value_name = "DURATION")]
+    pub endpoint_backoff: Option<HumanDuration>,
 
     /// Serve: list and watch the cluster's workloads and keep every image they use warm (needs
     /// list/watch on pods, nodes and the workload kinds) [default: false]
     #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub warm_from_cluster: Option<bool>,
 
-    /// Kubeconfig for --warm-from-cluster, warm --kubernetes and status --kubernetes [default: in-cluster
-    /// service account, $KUBECONFIG, ~/.kube/config]
+    /// Kubeconfig for --warm-from-cluster, warm --kubernetes and status --kubernetes (without it: the
+    /// in-cluster service account, $KUBECONFIG, ~/.kube/config)
     #[arg(global = true, long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
     #[command(subcommand)]
+    #[serde(skip)]
     pub command: Option<Command>,
 }
 
-/// `5m`, `30s`, `1h30m`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+impl Cli {
+    /// The flags that were given, as a table of the config file's shape.
+    pub fn overrides(&self) -> Result<toml::Table, ConfigError> {
+        toml::Table::try_from(self).map_err(|e| ConfigError::Invalid(format!("flags: {e}")))
     }
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))
-}
-
-fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
 /// What to do; serving is the default.
@@ -217,6 +480,9 @@ pub enum Command {
     Gc(crate::cmd::gc::GcArgs),
     /// Report whether each image the cluster uses is cached (manifest, every blob, tag age)
     Status(crate::cmd::status::StatusArgs),
+    /// Check the configuration (the flags and --config FILE) as a start would, without serving, and
+    /// print the effective settings as TOML; exits 2 naming the bad setting
+    CheckConfig,
 }
 
 /// Go's flag package accepts these spellings; containerd-registry-cache's README uses `=no`.
@@ -226,77 +492,6 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "0" | "f" | "false" | "no" | "n" | "off" => Ok(false),
         _ => Err(format!("{s:?} is not a boolean (use true or false)")),
     }
-}
-
-/// The TOML file. Unknown keys are errors, so a typo never silently does nothing.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub port: Option<u16>,
-    pub listen: Option<IpAddr>,
-    pub cache_dir: Option<PathBuf>,
-    pub cache_manifests: Option<bool>,
-    pub skip_tags: Option<String>,
-    pub creds_file: Option<PathBuf>,
-    pub docker_config: Option<PathBuf>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub credential_ttl: Option<Duration>,
-    pub log_level: Option<String>,
-    pub log_format: Option<LogFormat>,
-    #[serde(default)]
-    pub private_registries: Vec<String>,
-    pub bucket: Option<String>,
-    pub storage: Option<String>,
-    #[serde(default)]
-    pub allow_registries: Vec<String>,
-    pub default_registry: Option<String>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub tag_ttl: Option<Duration>,
-    pub immutable_tags: Option<String>,
-    pub offline: Option<bool>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub connect_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub first_byte_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub endpoint_backoff: Option<Duration>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub auth_cache_ttl: Option<Duration>,
-    pub htpasswd: Option<PathBuf>,
-    pub metrics_auth: Option<bool>,
-    pub max_upstream_concurrency: Option<usize>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub max_size: Option<String>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub max_age: Option<Duration>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub shutdown_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "deserialize_duration")]
-    pub shutdown_delay: Option<Duration>,
-    pub warm_from_cluster: Option<bool>,
-    pub kubeconfig: Option<PathBuf>,
-    /// Per-registry settings, keyed by registry name.
-    #[serde(default)]
-    pub registries: BTreeMap<String, RegistryFileConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryFileConfig {
-    /// Same as `--upstream NAME=URL,...`.
-    #[serde(default)]
-    pub endpoints: Vec<String>,
-    /// Runs `docker-credential-<name> get` for this registry's credentials (or a path to a helper).
-    pub credential_helper: Option<String>,
-    /// Extra CA bundle (PEM) trusted for this origin only.
-    pub ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mTLS with this origin; needs `client_key`.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    /// Skip certificate verification for this origin (self-signed test setups). Defaults stay strict.
-    #[serde(default)]
-    pub insecure: bool,
 }
 
 /// TLS settings for one origin, beyond the system's trust store.
@@ -345,14 +540,104 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A message that names its setting itself (from the credential, TLS and htpasswd loaders).
     #[error("{0}")]
     Invalid(String),
+    /// `setting` is a file key (`skip_tags`, `registries."a.test".ca`) or, once [`Layered`] knows
+    /// where the value came from, the flag that set it or the key and its file.
+    #[error("{setting}: {message}")]
+    Setting { setting: String, message: String },
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
 }
 
-fn invalid(s: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(s.into())
+fn bad(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Setting { setting: setting.to_owned(), message: message.into() }
+}
+
+/// The settings of one start, with where they came from: the defaults, the config file laid over
+/// them, the flags that were given laid over that.
+#[derive(Debug, Clone)]
+pub struct Layered {
+    pub settings: Settings,
+    file: Option<PathBuf>,
+    /// Top-level keys that a flag set.
+    flags: BTreeSet<String>,
+}
+
+impl Layered {
+    pub fn from_cli(cli: &Cli) -> Result<Layered, ConfigError> {
+        let from_file = match &cli.config {
+            Some(path) => {
+                let file_error = |message: String| ConfigError::File { path: path.clone(), message };
+                let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+                toml::from_str::<Settings>(&text).map_err(|e| file_error(e.to_string()))?
+            }
+            None => Settings::default(),
+        };
+        let mut flags = cli.overrides()?;
+        // `--allow-registry` adds to the file's list, each naming one more registry that may be
+        // dialled; every other flag replaces the file's value.
+        if let Some(toml::Value::Array(added)) = flags.get_mut("allow_registries") {
+            added.splice(0..0, from_file.allow_registries.iter().map(|r| toml::Value::from(r.as_str())));
+        }
+        let set_by_flags = flags.keys().cloned().collect();
+        let mut table =
+            toml::Table::try_from(&from_file).map_err(|e| ConfigError::Invalid(format!("settings: {e}")))?;
+        lay_over(&mut table, flags);
+        let settings = table.try_into().map_err(|e| ConfigError::Invalid(format!("flags: {e}")))?;
+        Ok(Layered { settings, file: cli.config.clone(), flags: set_by_flags })
+    }
+
+    /// Validates the settings; an error names the flag that set the bad value, or its key in the file.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        self.settings.validate().map_err(|e| match e {
+            ConfigError::Setting { setting, message } => {
+                ConfigError::Setting { setting: self.source_of(&setting), message }
+            }
+            other => other,
+        })
+    }
+
+    fn source_of(&self, key: &str) -> String {
+        let top = key.split('.').next().unwrap_or(key);
+        // Flags set only the endpoints of `registries`, and those are checked as the flag is parsed.
+        if self.flags.contains(top) && top != "registries" {
+            return match top {
+                "private_registries" => "--private-registry".to_owned(),
+                "allow_registries" => "--allow-registry".to_owned(),
+                _ => format!("--{}", top.replace('_', "-")),
+            };
+        }
+        match &self.file {
+            Some(path) => format!("{key} in {}", path.display()),
+            None => key.to_owned(),
+        }
+    }
+
+    /// The effective settings as a config file (`ocicache check-config`). Files such as the
+    /// password files appear as their paths; nothing read from them is printed.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let body = toml::to_string(&self.settings)
+            .map_err(|e| ConfigError::Invalid(format!("cannot print the settings: {e}")))?;
+        let from = match &self.file {
+            Some(path) => format!("the defaults < {} < the flags", path.display()),
+            None => "the defaults < the flags".to_owned(),
+        };
+        Ok(format!("# ocicache {}: effective settings ({from})\n{body}", env!("CARGO_PKG_VERSION")))
+    }
+}
+
+/// Lays `top` over `base`: tables merge key by key, any other value replaces the one below.
+fn lay_over(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => lay_over(below, above),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 impl Config {
@@ -362,77 +647,84 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(args).map_err(|e| invalid(e.to_string()))?;
+        let cli = Cli::try_parse_from(args).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Config::from_cli(cli)
     }
 
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
-        let file = match &cli.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?
-            }
-            None => FileConfig::default(),
+        Layered::from_cli(&cli)?.validate()
+    }
+}
+
+impl Settings {
+    /// The manifest rules these settings give (with the defaults: `TagPolicy::default()`).
+    pub fn tag_policy(&self) -> Result<TagPolicy, ConfigError> {
+        let immutable_tags = match &self.immutable_tags {
+            Some(re) => regex_unless_empty("immutable_tags", re)?,
+            None => None,
         };
-        Config::merge(cli, file)
+        Ok(TagPolicy {
+            cache_manifests: self.cache_manifests,
+            skip_tags: regex_unless_empty("skip_tags", &self.skip_tags)?,
+            private_registries: self
+                .private_registries
+                .iter()
+                .map(|r| parse_name(r, "private_registries"))
+                .collect::<Result<_, _>>()?,
+            tag_ttl: self.tag_ttl.0,
+            immutable_tags,
+        })
     }
 
-    fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
-        let storage = match (cli.storage.or(file.storage), cli.bucket.or(file.bucket)) {
-            (Some(_), Some(_)) => return Err(invalid("--storage and --bucket name the same thing; give one")),
-            (Some(url), None) => Some(url),
+    /// Checks every setting (reading the files they name, as a start would) and builds the config.
+    /// Errors name the file key; [`Layered::validate`] names the flag instead where a flag set it.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let storage = match (&self.storage, &self.bucket) {
+            (Some(_), Some(_)) => return Err(bad("storage", "names the same thing as bucket (--bucket); give one")),
+            (Some(url), None) => Some(url.clone()),
             (None, Some(bucket)) => Some(format!("s3://{bucket}")),
             (None, None) => None,
         };
         if let Some(url) = &storage {
             if !["s3://", "gs://", "az://", "azure://", "file:///"].iter().any(|p| url.starts_with(p)) {
-                return Err(invalid(format!(
-                    "--storage {url}: use s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix] or \
-                     file:///shared/path (local disk is the default)"
-                )));
+                return Err(bad(
+                    "storage",
+                    format!(
+                        "{url:?}: use s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix] or \
+                         file:///shared/path (local disk is the default)"
+                    ),
+                ));
             }
         }
-        let port = cli.port.or(file.port).unwrap_or(DEFAULT_PORT);
-        let ip = cli.listen.or(file.listen).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let cache_dir = cli.cache_dir.or(file.cache_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
-        let skip = cli.skip_tags.or(file.skip_tags).unwrap_or_else(|| DEFAULT_SKIP_TAGS.to_owned());
-        let skip_tags = if skip.is_empty() {
-            None
-        } else {
-            Some(Regex::new(&skip).map_err(|e| invalid(format!("--skip-tags {skip:?} is not a valid regex: {e}")))?)
-        };
+        let policy = self.tag_policy()?;
 
-        let creds_file = cli.creds_file.or(file.creds_file);
-        let credentials = match &creds_file {
-            Some(p) => Credentials::load(p).map_err(invalid)?,
+        let credentials = match &self.creds_file {
+            Some(p) => Credentials::load(p).map_err(|e| bad("creds_file", e))?,
             None => Credentials::default(),
         };
 
         let mut endpoints: BTreeMap<RegistryName, Vec<Url>> = BTreeMap::new();
         let mut credential_helpers = Vec::new();
         let mut origin_tls = BTreeMap::new();
-        for (name, reg) in &file.registries {
-            let registry = parse_name(name, &format!("registries.\"{name}\""))?;
+        for (name, reg) in &self.registries {
+            let key = format!("registries.\"{name}\"");
+            let registry = parse_name(name, &key)?;
             if !reg.endpoints.is_empty() {
-                let key = format!("registries.\"{name}\".endpoints");
-                endpoints.insert(registry.clone(), parse_urls(&reg.endpoints, &key)?);
+                let urls = parse_urls(&reg.endpoints).map_err(|e| bad(&format!("{key}.endpoints"), e))?;
+                endpoints.insert(registry.clone(), urls);
             }
             if let Some(helper) = &reg.credential_helper {
                 if helper.is_empty() || helper.contains(char::is_whitespace) {
-                    return Err(invalid(format!(
-                        "registries.\"{name}\".credential_helper: {helper:?} is not a helper name"
-                    )));
+                    return Err(bad(&format!("{key}.credential_helper"), format!("{helper:?} is not a helper name")));
                 }
                 credential_helpers.push((registry.clone(), helper.clone()));
             }
             if reg.client_cert.is_some() != reg.client_key.is_some() {
-                return Err(invalid(format!("registries.\"{name}\": client_cert and client_key go together")));
+                return Err(bad(&key, "client_cert and client_key go together"));
             }
             for f in [&reg.ca, &reg.client_cert, &reg.client_key].into_iter().flatten() {
                 if !f.is_file() {
-                    return Err(invalid(format!("registries.\"{name}\": {} is not a readable file", f.display())));
+                    return Err(bad(&key, format!("{} is not a readable file", f.display())));
                 }
             }
             if reg.ca.is_some() || reg.client_cert.is_some() || reg.insecure {
@@ -445,128 +737,103 @@ impl Config {
                 origin_tls.insert(registry, tls);
             }
         }
-        for spec in &cli.upstream {
-            let (name, urls) = spec
-                .split_once('=')
-                .ok_or_else(|| invalid(format!("--upstream {spec:?}: expected NAME=URL[,URL...]")))?;
-            let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
-            let key = format!("--upstream {spec}");
-            endpoints.insert(parse_name(name, &key)?, parse_urls(&urls, &key)?);
-        }
-
-        let private: Vec<String> =
-            if cli.private_registry.is_empty() { file.private_registries } else { cli.private_registry };
-        let private_registries =
-            private.iter().map(|r| parse_name(r, "--private-registry")).collect::<Result<Vec<_>, _>>()?;
 
         // Registries the operator named anywhere are registries the operator meant to reach.
-        let mut allowed: Vec<String> = file.allow_registries;
-        allowed.extend(cli.allow_registry);
-        allowed.extend(private_registries.iter().map(ToString::to_string));
+        let mut allowed = self.allow_registries.clone();
+        allowed.extend(policy.private_registries.iter().map(ToString::to_string));
         allowed.extend(credentials.registries().map(ToString::to_string));
         allowed.extend(credential_helpers.iter().map(|(r, _)| r.to_string()));
-        let docker_config = cli.docker_config.or(file.docker_config);
-        if let Some(p) = &docker_config {
+        if let Some(p) = &self.docker_config {
             // Validated now (a broken file fails the start); read again when it changes.
             let sources = crate::upstream::sources::CredentialSources::new(Vec::new(), None, Some(p), Duration::ZERO)
-                .map_err(invalid)?;
+                .map_err(ConfigError::Invalid)?;
             allowed.extend(sources.registries().iter().map(ToString::to_string));
         }
-        let registries = Registries::new(endpoints, &allowed).map_err(invalid)?;
+        let registries = Registries::new(endpoints, &allowed).map_err(|e| bad("allow_registries", e))?;
 
-        let default_name = cli.default_registry.or(file.default_registry).unwrap_or_else(|| "docker.io".to_owned());
-        let default_registry = parse_name(&default_name, "--default-registry")?;
+        let default_registry = parse_name(&self.default_registry, "default_registry")?;
         if !registries.is_allowed(&default_registry) {
-            return Err(invalid(format!(
-                "--default-registry {default_name}: not allowed; add it with --allow-registry or --upstream"
-            )));
+            return Err(bad(
+                "default_registry",
+                format!(
+                    "{:?} is not allowed; add it to allow_registries (--allow-registry) or give it endpoints \
+                     (--upstream)",
+                    self.default_registry
+                ),
+            ));
         }
-
-        let immutable = cli.immutable_tags.or(file.immutable_tags).filter(|s| !s.is_empty());
-        let immutable_tags = match immutable {
-            Some(re) => Some(
-                Regex::new(&re).map_err(|e| invalid(format!("--immutable-tags {re:?} is not a valid regex: {e}")))?,
-            ),
-            None => None,
-        };
-        let defaults = OriginOptions::default();
-        let origin = OriginOptions {
-            offline: cli.offline.or(file.offline).unwrap_or(false),
-            connect_timeout: cli.connect_timeout.or(file.connect_timeout).unwrap_or(defaults.connect_timeout),
-            first_byte_timeout: cli
-                .first_byte_timeout
-                .or(file.first_byte_timeout)
-                .unwrap_or(defaults.first_byte_timeout),
-            endpoint_backoff: cli.endpoint_backoff.or(file.endpoint_backoff).unwrap_or(defaults.endpoint_backoff),
-        };
-
-        let file_max_size = match &file.max_size {
-            Some(s) => Some(crate::store::eviction::parse_size(s).map_err(|e| invalid(format!("max_size: {e}")))?),
-            None => None,
-        };
-        let eviction =
-            EvictionPolicy { max_size: cli.max_size.or(file_max_size), max_age: cli.max_age.or(file.max_age) };
-        let (tls_cert, tls_key) = (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key));
-        if tls_cert.is_some() != tls_key.is_some() {
-            return Err(invalid("--tls-cert and --tls-key go together"));
+        if self.max_upstream_concurrency == 0 {
+            return Err(bad("max_upstream_concurrency", "must be at least 1"));
         }
-        if let (Some(c), Some(k)) = (&tls_cert, &tls_key) {
-            crate::server::tls::server_config(c, k).map_err(invalid)?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::server::tls::server_config(cert, key).map_err(ConfigError::Invalid)?;
+            }
+            (Some(_), None) => return Err(bad("tls_cert", "needs tls_key (--tls-key) as well")),
+            (None, Some(_)) => return Err(bad("tls_key", "needs tls_cert (--tls-cert) as well")),
+            (None, None) => {}
         }
-
-        let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".to_owned());
-        tracing_subscriber::EnvFilter::try_new(&log_level)
-            .map_err(|e| invalid(format!("--log-level {log_level:?}: {e}")))?;
+        if let Some(p) = &self.htpasswd {
+            crate::server::auth::Htpasswd::open(p).map_err(ConfigError::Invalid)?;
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
 
         Ok(Config {
-            listen: SocketAddr::new(ip, port),
-            cache_dir,
-            policy: TagPolicy {
-                cache_manifests: cli.cache_manifests.or(file.cache_manifests).unwrap_or(true),
-                skip_tags,
-                private_registries,
-                tag_ttl: cli.tag_ttl.or(file.tag_ttl).unwrap_or(Duration::from_secs(300)),
-                immutable_tags,
-            },
-            origin,
-            auth_cache_ttl: cli.auth_cache_ttl.or(file.auth_cache_ttl).unwrap_or(Duration::from_secs(60)),
-            htpasswd: cli.htpasswd.or(file.htpasswd),
-            metrics_auth: cli.metrics_auth.or(file.metrics_auth).unwrap_or(false),
-            max_upstream_concurrency: cli.max_upstream_concurrency.or(file.max_upstream_concurrency).unwrap_or(32),
-            tls_cert,
-            tls_key,
-            eviction,
-            storage,
-            shutdown_timeout: cli.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(30)),
-            shutdown_delay: cli.shutdown_delay.or(file.shutdown_delay).unwrap_or(Duration::ZERO),
-            warm_from_cluster: cli.warm_from_cluster.or(file.warm_from_cluster).unwrap_or(false),
-            kubeconfig: cli.kubeconfig.or(file.kubeconfig),
-            creds_file,
-            docker_config,
+            listen: SocketAddr::new(self.listen, self.port),
+            cache_dir: self.cache_dir.clone(),
+            policy,
+            creds_file: self.creds_file.clone(),
+            docker_config: self.docker_config.clone(),
             credential_helpers,
-            credential_ttl: cli.credential_ttl.or(file.credential_ttl).unwrap_or(Duration::from_secs(300)),
+            credential_ttl: self.credential_ttl.0,
             origin_tls,
             registries,
             default_registry,
-            log_level,
-            log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format,
+            origin: OriginOptions {
+                offline: self.offline,
+                connect_timeout: self.connect_timeout.0,
+                first_byte_timeout: self.first_byte_timeout.0,
+                endpoint_backoff: self.endpoint_backoff.0,
+            },
+            auth_cache_ttl: self.auth_cache_ttl.0,
+            htpasswd: self.htpasswd.clone(),
+            metrics_auth: self.metrics_auth,
+            max_upstream_concurrency: self.max_upstream_concurrency,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            eviction: EvictionPolicy { max_size: self.max_size.map(|s| s.0), max_age: self.max_age.map(|d| d.0) },
+            storage,
+            shutdown_timeout: self.shutdown_timeout.0,
+            shutdown_delay: self.shutdown_delay.0,
+            warm_from_cluster: self.warm_from_cluster,
+            kubeconfig: self.kubeconfig.clone(),
         })
     }
 }
 
-fn parse_name(s: &str, key: &str) -> Result<RegistryName, ConfigError> {
-    RegistryName::parse(s).map_err(|e| invalid(format!("{key}: {}", e.message)))
+fn regex_unless_empty(key: &str, re: &str) -> Result<Option<Regex>, ConfigError> {
+    if re.is_empty() {
+        return Ok(None);
+    }
+    Regex::new(re).map(Some).map_err(|e| bad(key, format!("{re:?} is not a valid regex: {e}")))
 }
 
-fn parse_urls(urls: &[String], key: &str) -> Result<Vec<Url>, ConfigError> {
+fn parse_name(s: &str, key: &str) -> Result<RegistryName, ConfigError> {
+    RegistryName::parse(s).map_err(|e| bad(key, e.message))
+}
+
+fn parse_urls(urls: &[String]) -> Result<Vec<Url>, String> {
     if urls.is_empty() {
-        return Err(invalid(format!("{key}: at least one URL is needed")));
+        return Err("at least one URL is needed".to_owned());
     }
     urls.iter()
         .map(|u| {
-            let url = Url::parse(u.trim()).map_err(|e| invalid(format!("{key}: {u:?} is not a URL: {e}")))?;
+            let url = Url::parse(u.trim()).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(invalid(format!("{key}: {u:?} must be an http:// or https:// URL")));
+                return Err(format!("{u:?} must be an http:// or https:// URL"));
             }
             Ok(url)
         })

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ocicache::cmd;
-use ocicache::config::{Cli, Command, Config, LogFormat};
+use ocicache::config::{Cli, Command, Config, Layered, LogFormat};
 
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
@@ -10,21 +10,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Hosts(args)) = command {
         return cmd::hosts::run(args);
     }
+    if let Some(Command::CheckConfig) = command {
+        let layered = Layered::from_cli(&cli).unwrap_or_else(|e| exit_with(e));
+        layered.validate().unwrap_or_else(|e| exit_with(e));
+        print!("{}", layered.to_toml().unwrap_or_else(|e| exit_with(e)));
+        return Ok(());
+    }
     if matches!(command, Some(Command::Warm(_)) | Some(Command::Status(_))) && cli.log_level.is_none() {
         // The embedded server's per-request lines would break up warm's progress bars.
         cli.log_level = Some("warn".to_owned());
     }
-    let config = match Config::from_cli(cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ocicache: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = Config::from_cli(cli).unwrap_or_else(|e| exit_with(e));
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match command {
-        None | Some(Command::Serve) | Some(Command::Hosts(_)) => {}
+        None | Some(Command::Serve) | Some(Command::Hosts(_)) | Some(Command::CheckConfig) => {}
         Some(Command::Gc(args)) => return cmd::gc::run(args, config),
         Some(Command::Warm(args)) => {
             let all_ok = runtime.block_on(cmd::warm::run(args, config))?;
@@ -43,6 +43,12 @@ fn main() -> anyhow::Result<()> {
     })?;
     tracing::info!("ocicache stopped");
     Ok(())
+}
+
+/// A configuration that cannot be used: one line naming the setting, status 2.
+fn exit_with(e: ocicache::config::ConfigError) -> ! {
+    eprintln!("ocicache: {e}");
+    std::process::exit(2);
 }
 
 fn init_logging(config: &Config) {

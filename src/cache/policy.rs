@@ -22,14 +22,9 @@ pub struct TagPolicy {
 }
 
 impl Default for TagPolicy {
+    /// The policy of a configuration that sets nothing: the defaults of `config::Settings`.
     fn default() -> Self {
-        TagPolicy {
-            cache_manifests: true,
-            skip_tags: None,
-            private_registries: Vec::new(),
-            tag_ttl: Duration::from_secs(300),
-            immutable_tags: None,
-        }
+        crate::config::Settings::default().tag_policy().expect("the default settings are valid")
     }
 }
 

@@ -69,7 +69,7 @@ pub struct OriginRequest<'a> {
     pub identity: Identity,
 }
 
-/// How ocicache treats origins that are slow or failing.
+/// How ocicache treats origins that are slow or failing (defaults: `config::Settings::default()`).
 #[derive(Debug, Clone)]
 pub struct OriginOptions {
     /// Never contact an origin; serve only what is cached.
@@ -79,17 +79,6 @@ pub struct OriginOptions {
     pub first_byte_timeout: Duration,
     /// How long a failed endpoint is skipped before it is tried again.
     pub endpoint_backoff: Duration,
-}
-
-impl Default for OriginOptions {
-    fn default() -> Self {
-        OriginOptions {
-            offline: false,
-            connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(30),
-            endpoint_backoff: Duration::from_secs(30),
-        }
-    }
 }
 
 pub struct OriginClient {
