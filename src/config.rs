@@ -361,7 +361,7 @@ pub struct Cli {
     #[arg(global = true, short = 'b', long, value_name = "NAME")]
     pub bucket: Option<String>,
 
-    /// Shared storage for the cache: s3://bucket[/prefix], gs://, az://, file:///path; --cache-dir then only stages fills
+    /// Shared storage for the cache: s3://bucket[/prefix], gs://, az://, file:///path; --cache-dir is then its local disk tier (bounded by --max-size)
     #[arg(global = true, long, value_name = "URL")]
     pub storage: Option<String>,
 
