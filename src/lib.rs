@@ -49,6 +49,7 @@ pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         metrics.clone(),
     );
     let htpasswd = config.htpasswd.as_deref().map(server::auth::Htpasswd::open).transpose()?;
+    let sendfile = config.tls_cert.is_none().then(|| Arc::new(server::sendfile::Handoffs::new(&metrics)));
     Ok(Arc::new(server::AppState {
         cache,
         metrics,
@@ -57,6 +58,7 @@ pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         metrics_auth: config.metrics_auth,
         ready: std::sync::atomic::AtomicBool::new(true),
         cluster: std::sync::OnceLock::new(),
+        sendfile,
     }))
 }
 
@@ -103,7 +105,11 @@ pub async fn run(
                 let listener = server::tls::TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
                 axum::serve(listener, app).with_graceful_shutdown(signal).await
             }
-            _ => axum::serve(listener, app).with_graceful_shutdown(signal).await,
+            _ => {
+                let handoffs = state.sendfile.clone().unwrap_or_default();
+                let listener = server::sendfile::SendfileListener::new(listener, handoffs);
+                axum::serve(listener, app).with_graceful_shutdown(signal).await
+            }
         }
         .map_err(|e| format!("server error: {e}"))
     };

@@ -46,6 +46,7 @@ pub struct Metrics {
     http_requests: Family<Labels, Counter>,
     pub bytes_from_upstream: Counter,
     pub bytes_from_cache: Counter,
+    pub sendfile_bytes: Counter,
     pub inflight_downloads: Gauge,
     pub requests_in_progress: Gauge,
     pub resumes: Counter,
@@ -97,6 +98,12 @@ impl Metrics {
         registry.register("ocicache_upstream_bytes", "Blob bytes downloaded from origins", bytes_from_upstream.clone());
         let bytes_from_cache = Counter::default();
         registry.register("ocicache_cache_served_bytes", "Blob bytes served from the cache", bytes_from_cache.clone());
+        let sendfile_bytes = Counter::default();
+        registry.register(
+            "ocicache_sendfile_bytes",
+            "Blob bytes the kernel sent from stored files (sendfile), without passing through ocicache",
+            sendfile_bytes.clone(),
+        );
         let inflight_downloads = Gauge::default();
         registry.register("ocicache_inflight_downloads", "Blob downloads in progress", inflight_downloads.clone());
         let requests_in_progress = Gauge::default();
@@ -208,6 +215,7 @@ impl Metrics {
             http_requests,
             bytes_from_upstream,
             bytes_from_cache,
+            sendfile_bytes,
             inflight_downloads,
             requests_in_progress,
             resumes,

@@ -374,3 +374,75 @@ async fn a_range_far_beyond_the_download_front_is_asked_of_the_origin_at_once() 
     });
     assert_eq!(std::fs::read(&stored[0]).unwrap(), data);
 }
+
+/// One request on an open connection: the response's status, headers (lower-cased) and body (read
+/// by its Content-Length, so the connection can carry the next request).
+fn exchange(conn: &mut std::net::TcpStream, request: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{BufRead, Read, Write};
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "connection closed after {head:?}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let status = head[9..12].parse().unwrap();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
+    let mut body = vec![0; if request.starts_with("HEAD") { 0 } else { len }];
+    reader.read_exact(&mut body).unwrap();
+    assert!(reader.buffer().is_empty(), "bytes beyond the announced length: {:?}", reader.buffer().len());
+    (status, head, body)
+}
+
+/// Warm blobs leave through sendfile: whole, ranged and after HEADs on one keep-alive connection,
+/// with exactly the announced bytes and the private handoff header never shown. A blob found on disk
+/// after a restart is verified on its first read (streamed) and sent by the kernel from then on.
+#[test]
+fn warm_blobs_are_sent_by_the_kernel_on_keep_alive_connections_and_verified_first_after_a_restart() {
+    let origin = FakeOrigin::start();
+    let data = random_bytes(3 << 20, 41);
+    let digest = origin.add_blob(data.clone(), Fault::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    let up = format!("fake.test={}", origin.url());
+    let mut cache = Cache::start_in(&dir, &["--upstream", &up]);
+    let path = format!("/v2/fake.test/some/repo/blobs/{digest}");
+    let get = |extra: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+    let mut conn = std::net::TcpStream::connect(cache.addr()).unwrap();
+    let (status, _, body) = exchange(&mut conn, &get(""));
+    assert!(status == 200 && body == data, "cold pull");
+    cache.stored_blobs();
+    let sent = |c: &Cache| c.metric("ocicache_sendfile_bytes_total");
+    assert_eq!(sent(&cache), 0.0, "a download is streamed, not sent from a file");
+
+    let (status, head, body) = exchange(&mut conn, &get(""));
+    assert!(status == 200 && body == data, "warm pull: {head}");
+    assert!(!head.contains("x-ocicache"), "the handoff header reached the client: {head}");
+    let (status, head, body) = exchange(&mut conn, &get("Range: bytes=1000-1999\r\n"));
+    assert_eq!((status, body.as_slice()), (206, &data[1000..2000]), "{head}");
+    assert!(head.contains(&format!("content-range: bytes 1000-1999/{}", data.len())), "{head}");
+    let (status, head, _) = exchange(&mut conn, &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(status == 200 && head.contains(&format!("content-length: {}", data.len())), "{head}");
+    let tail = format!("Range: bytes=-{}\r\n", 10);
+    let (status, _, body) = exchange(&mut conn, &get(&tail));
+    assert_eq!((status, body.as_slice()), (206, &data[data.len() - 10..]));
+    let (status, _, _) = exchange(&mut conn, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "the connection serves other requests after a file");
+    assert_eq!(sent(&cache), (data.len() + 1000 + 10) as f64);
+
+    cache.stop();
+    let cache = Cache::start_in(&dir, &["--upstream", &up]);
+    let mut conn = std::net::TcpStream::connect(cache.addr()).unwrap();
+    let (status, _, body) = exchange(&mut conn, &get(""));
+    assert!(status == 200 && body == data);
+    assert_eq!(sent(&cache), 0.0, "the first read after a restart is verified while streamed");
+    let (_, _, body) = exchange(&mut conn, &get(""));
+    assert!(body == data);
+    assert_eq!(sent(&cache), data.len() as f64);
+    assert_eq!(origin.count("GET", "/blobs/"), 1, "the origin was asked once in all");
+}

@@ -36,27 +36,46 @@ impl BlobAnswer {
 /// length has none) and how to read a range of them. The HTTP layer needs nothing else.
 pub struct BlobBody {
     size: Option<u64>,
-    read: Box<dyn FnOnce(u64, Option<u64>) -> ByteStream + Send>,
+    source: Source,
+}
+
+enum Source {
+    Stored(StoredBlob),
+    Flight(Arc<Flight>),
 }
 
 impl BlobBody {
     fn stored(blob: StoredBlob) -> Self {
-        let size = blob.size;
-        BlobBody { size: Some(size), read: Box::new(move |start, end| blob.read(start..end.unwrap_or(size))) }
+        BlobBody { size: Some(blob.size), source: Source::Stored(blob) }
     }
 
     fn flight(flight: Arc<Flight>, size: Option<u64>) -> Self {
-        BlobBody { size, read: Box::new(move |start, end| flight.read(start, end).boxed()) }
+        BlobBody { size, source: Source::Flight(flight) }
     }
 
     pub fn size(&self) -> Option<u64> {
         self.size
     }
 
+    /// The stored file, when bytes `start..end` can be sent from it as they are (see
+    /// `StoredBlob::file_for`).
+    pub fn file_for(&self, start: u64, end: u64) -> Option<Arc<std::fs::File>> {
+        match &self.source {
+            Source::Stored(blob) => blob.file_for(&(start..end)),
+            Source::Flight(_) => None,
+        }
+    }
+
     /// Bytes `start..end` (`None`: to the end, for a blob of unknown size). A body that ends at the
     /// blob's end completes only if the blob matched its digest.
     pub fn read(self, start: u64, end: Option<u64>) -> ByteStream {
-        (self.read)(start, end)
+        match self.source {
+            Source::Stored(blob) => {
+                let size = blob.size;
+                blob.read(start..end.unwrap_or(size))
+            }
+            Source::Flight(flight) => flight.read(start, end).boxed(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod response;
+pub mod sendfile;
 pub mod tls;
 mod v2;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     /// The cluster's images in use and their warming, with `--warm-from-cluster` (set once the
     /// watchers start, after the state is built).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::warmer::ClusterWarm>>,
+    /// Files handed to plain-TCP connections to send with `sendfile` (none with TLS).
+    pub sendfile: Option<Arc<sendfile::Handoffs>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

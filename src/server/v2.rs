@@ -299,6 +299,19 @@ fn blob_response(
     };
     let body = match answer {
         BlobAnswer::Bytes { body, result } => {
+            if let (Some(handoffs), Some(file)) = (&state.sendfile, body.file_for(range.start, range.end)) {
+                // The connection sends the file itself after the head (see `sendfile`).
+                if result == CacheResult::Hit {
+                    state.metrics.bytes_from_cache.inc_by(range.len());
+                }
+                let token = handoffs.offer(file, range.start, range.end);
+                let mut resp =
+                    b.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+                // hyper writes a complete empty response; the connection puts the real length back.
+                resp.headers_mut().insert(CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+                resp.headers_mut().insert(super::sendfile::MARKER, header(token.to_string()));
+                return Ok(resp);
+            }
             let end = size.map(|_| range.end);
             let stream = body.read(range.start, end);
             if result == CacheResult::Hit {

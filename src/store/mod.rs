@@ -98,11 +98,22 @@ impl StoredBlob {
     pub fn read(self, range: Range<u64>) -> ByteStream {
         self.reader.read(range)
     }
+
+    /// The open file holding the blob, when `range` of it can be sent exactly as stored (a local
+    /// file that needs no verification for this range), so the kernel can send it (`sendfile`).
+    pub fn file_for(&self, range: &Range<u64>) -> Option<Arc<std::fs::File>> {
+        self.reader.file_for(range)
+    }
 }
 
 /// How one backend reads an opened blob.
 pub trait BlobReader: Send + 'static {
     fn read(self: Box<Self>, range: Range<u64>) -> ByteStream;
+
+    /// See `StoredBlob::file_for`; `None` where bytes must pass through ocicache.
+    fn file_for(&self, _range: &Range<u64>) -> Option<Arc<std::fs::File>> {
+        None
+    }
 }
 
 /// A content store. See the module documentation for the implementations and the guarantee.
