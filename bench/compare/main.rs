@@ -365,6 +365,9 @@ impl Bench {
         if let Some(r) = rss {
             self.rss_each.push((format!("{mode} {role}"), r));
         }
+        if role.starts_with("warm") {
+            self.notes.push(format!("{mode} after the warm and manifest figures: {}", oci.rss_now()));
+        }
         let slot = if oci.bucket.is_some() { &mut self.rss_s3 } else { &mut self.rss_disk };
         *slot = match (*slot, rss) {
             (Some(a), Some(b)) => Some(a.max(b)),

@@ -16,8 +16,13 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Peak resident set (`VmHWM` of /proc/PID/status) in MiB; None once the process is gone.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmHWM")
+}
+
+/// A `kB` field of /proc/PID/status (`VmHWM`, `VmRSS`, `RssAnon`, `RssFile`) in MiB.
+pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -94,6 +99,12 @@ impl Ocicache {
 
     pub fn peak_rss_mib(&self) -> Option<f64> {
         peak_rss_mib(self.pid())
+    }
+
+    /// Its resident set now, split: "VmRSS x MiB (RssAnon y, RssFile z)".
+    pub fn rss_now(&self) -> String {
+        let f = |field| status_mib(self.pid(), field).map_or("?".into(), |v| format!("{v:.1}"));
+        format!("VmRSS {} MiB (RssAnon {}, RssFile {})", f("VmRSS"), f("RssAnon"), f("RssFile"))
     }
 
     /// A sample of /metrics (`name` or `name{labels}`), 0 when absent.
