@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use crate::error::Error;
@@ -27,6 +28,12 @@ use crate::store::{Fill, Store, StoredBlob};
 const MAX_RESUMES: u32 = 5;
 /// Bytes read from the fill per chunk handed to a client.
 pub const READ_CHUNK: usize = crate::store::disk::READ_CHUNK;
+/// Bytes gathered from the origin before they are written, hashed and handed to readers (when that
+/// much has already arrived; otherwise whatever has).
+const GATHER: usize = 1 << 20;
+/// The most recent bytes of a download kept in memory, so readers at the front get the same buffers
+/// the download wrote instead of reading them back from the file.
+const RECENT: usize = 4 << 20;
 /// Smallest read handed to a client while a download is still growing.
 const MIN_READ: u64 = 128 * 1024;
 /// A range that ends before the blob's end and starts this far beyond the download front is fetched
@@ -61,6 +68,8 @@ pub struct Flight {
     /// Commits as private content: readers other than the one that started it prove access first.
     private: bool,
     reader: FillReader,
+    /// The last `RECENT` bytes written, by offset (see `remember`).
+    recent: Mutex<std::collections::VecDeque<(u64, Bytes)>>,
     progress: watch::Receiver<Progress>,
 }
 
@@ -208,6 +217,7 @@ impl Flights {
             total: std::sync::OnceLock::new(),
             private,
             reader: fill.reader(),
+            recent: Mutex::default(),
             progress: rx,
         });
         let announced = flight.clone();
@@ -301,25 +311,43 @@ async fn download(
     let mut hasher = DigestHasher::new(digest.algorithm());
     let mut written: u64 = 0;
     let mut resumes = 0;
-    // Small network chunks are gathered so the file, the hasher and the readers see fewer, larger writes.
-    let mut pending = BytesMut::new();
     loop {
-        let next = match source.body.next().await {
-            Some(Ok(chunk)) => {
-                pending.extend_from_slice(&chunk);
-                Some(Ok(()))
+        // Wait for the next bytes, then take whatever else has already arrived (without waiting), so
+        // the file, the hasher and the readers see few, large pieces when the origin is fast and
+        // every piece at once when it is slow.
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut gathered = 0;
+        let mut next = source.body.next().await;
+        while let Some(Ok(chunk)) = next {
+            gathered += chunk.len();
+            parts.push(chunk);
+            if gathered >= GATHER {
+                next = Some(Ok(Bytes::new()));
+                break;
             }
-            other => other.map(|r| r.map(|_| ())),
-        };
-        let ended = !matches!(next, Some(Ok(())));
-        if !pending.is_empty() && (ended || pending.len() >= 64 * 1024 || source.body.size_hint().0 == 0) {
-            if total.is_some_and(|t| written + pending.len() as u64 > t) {
+            next = source.body.next().now_or_never().unwrap_or(Some(Ok(Bytes::new())));
+            if matches!(&next, Some(Ok(c)) if c.is_empty()) {
+                break;
+            }
+        }
+        if gathered > 0 {
+            if total.is_some_and(|t| written + gathered as u64 > t) {
                 return Err(bad_body(origin, digest, "more bytes than Content-Length"));
             }
-            let need = total.map_or(pending.len() as u64, |t| t - written);
-            let chunk = pending.split().freeze();
+            let need = total.map_or(gathered as u64, |t| t - written);
+            let chunk = match parts.len() {
+                1 => parts.pop().unwrap_or_default(),
+                _ => {
+                    let mut joined = BytesMut::with_capacity(gathered);
+                    for p in &parts {
+                        joined.extend_from_slice(p);
+                    }
+                    joined.freeze()
+                }
+            };
             write_at(store, fill, &chunk, written, need).await?;
             hasher.update(&chunk);
+            flight.remember(written, chunk.clone());
             written += chunk.len() as u64;
             metrics.bytes_from_upstream.inc_by(chunk.len() as u64);
             tx.send_replace(Progress::Receiving { written, total });
@@ -363,6 +391,27 @@ fn bad_body(origin: &str, digest: &Digest, detail: &str) -> Error {
 }
 
 impl Flight {
+    /// Keeps bytes just written at `offset` for readers at the front; the oldest go past `RECENT`.
+    fn remember(&self, offset: u64, bytes: Bytes) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.push_back((offset, bytes));
+        let mut held: usize = recent.iter().map(|(_, b)| b.len()).sum();
+        while held > RECENT && recent.len() > 1 {
+            if let Some((_, old)) = recent.pop_front() {
+                held -= old.len();
+            }
+        }
+    }
+
+    /// Bytes from `pos` (up to `until`) out of the recent buffers, if they are still there.
+    fn recent_bytes(&self, pos: u64, until: u64) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let (off, bytes) = recent.iter().find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
+        let from = (pos - off) as usize;
+        let to = (until.min(off + bytes.len() as u64) - off) as usize;
+        Some(bytes.slice(from..to))
+    }
+
     pub fn digest(&self) -> &Digest {
         &self.digest
     }
@@ -474,10 +523,15 @@ impl Flight {
                 let last = if ends_at_blob_end { stop.saturating_sub(1) } else { stop };
                 let worthwhile = complete || until - pos.min(until) >= MIN_READ || until == last;
                 if until > pos && worthwhile {
-                    let n = (until - pos).min(READ_CHUNK as u64) as usize;
-                    let bytes = match flight.reader.read_at(pos, n).await {
-                        Ok(b) => b,
-                        Err(e) => return Some((Err(e), None)),
+                    let bytes = match flight.recent_bytes(pos, until) {
+                        Some(b) => b,
+                        None => {
+                            let n = (until - pos).min(READ_CHUNK as u64) as usize;
+                            match flight.reader.read_at(pos, n).await {
+                                Ok(b) => b,
+                                Err(e) => return Some((Err(e), None)),
+                            }
+                        }
                     };
                     let next = pos + bytes.len() as u64;
                     return Some((Ok(bytes), Some(ReadState::File(flight, rx, next))));
