@@ -533,6 +533,24 @@ mod case {
         assert!(fresh.is_private(ContentKind::Blob, &dq).await, "the marker is durable too");
     }
 
+    /// A commit's privacy is the blob's privacy, whatever marker was there before: a marker left
+    /// without its blob (a crash between marking and placing it, or content fetched privately
+    /// before) does not make a public fill private, or the blob could not be served without asking
+    /// the origin (nor during an origin outage).
+    pub async fn commit_decides_privacy_over_a_leftover_marker(b: &Backend) {
+        let store = &*b.store;
+        let (public, private) = (bytes_of(20_000, 15), bytes_of(20_000, 16));
+        let (dp, dq) = (Digest::sha256_of(&public), Digest::sha256_of(&private));
+        store.set_private(ContentKind::Blob, &dp, true).await.expect("leftover marker");
+        commit(store, &public, false).await;
+        commit(store, &private, true).await;
+        assert!(!store.is_private(ContentKind::Blob, &dp).await, "committed public over a leftover marker");
+        assert!(store.is_private(ContentKind::Blob, &dq).await);
+        let (fresh, _) = b.reopen().await;
+        assert!(!fresh.is_private(ContentKind::Blob, &dp).await);
+        assert!(fresh.is_private(ContentKind::Blob, &dq).await);
+    }
+
     /// A fill whose process died mid-way (its `Fill` never dropped, or a staging file left from a
     /// crash) is never visible as a blob; a restart removes stale staging files but not fresh ones
     /// (they may belong to a live process sharing the directory), and a shutdown removes its own.
@@ -944,6 +962,28 @@ mod case {
         assert!(!store.is_private(ContentKind::Blob, &e).await);
     }
 
+    /// Tiered: a client that leaves a bucket read half-way leaves no partial copy on disk, and the
+    /// next whole read copies the blob (the abandoned copy released its claim); two whole reads at
+    /// once both get the blob.
+    pub async fn abandoned_bucket_read_leaves_no_copy(b: &Backend) {
+        let store = &*b.store;
+        let data = bytes_of(3 * 1024 * 1024 + 5, 14);
+        let d = commit(&*b.bare_bucket().await, &data, false).await;
+        let key = blob_key(&d);
+        let mut body = open(store, &d).await.read(0..data.len() as u64);
+        let first = body.next().await.expect("a first chunk").expect("first chunk read");
+        assert!(first.len() < data.len());
+        drop(body);
+        eventually("the abandoned copy's staging file to be removed", || async { b.staged().await.is_empty() }).await;
+        assert_eq!(b.has_file(&key).await, Some(false), "no partial copy");
+        let (one, two) = tokio::join!(read_whole(store, &d), read_whole(store, &d));
+        assert!(one == data && two == data, "both concurrent reads got the blob");
+        eventually("the blob to be copied to disk", || async { b.has_file(&key).await == Some(true) }).await;
+        b.delete_object(&key).await;
+        let (fresh, _) = b.reopen().await;
+        assert!(read_whole(&*fresh, &d).await == data, "the disk copy is whole and matches");
+    }
+
     /// Tiered: an empty blob (`sha256:e3b0...`, used by artifacts) only in the bucket is copied to
     /// disk by its first read like any other, rather than looked up in the bucket on every read.
     pub async fn empty_bucket_blob_is_copied_down(b: &Backend) {
@@ -1071,6 +1111,7 @@ macro_rules! backend {
             tests!($make;
                 dropped_fill_leaves_nothing,
                 committed_fill_reads_whole_with_its_privacy,
+                commit_decides_privacy_over_a_leftover_marker,
                 leaked_fill_is_never_a_blob,
                 concurrent_fills_make_one_blob,
                 ranged_reads,
@@ -1107,6 +1148,7 @@ backend!(tiered_memory = Backend::tiered(Objects::Memory);
     fill_goes_to_both_tiers,
     bucket_blob_is_served_and_copied_down,
     empty_bucket_blob_is_copied_down,
+    abandoned_bucket_read_leaves_no_copy,
     corrupt_bucket_blob_is_not_copied_down,
     bucket_metadata_is_found_and_copied_down,
 );
@@ -1117,6 +1159,7 @@ backend!(tiered_s3 = Backend::tiered(Objects::S3);
     fill_goes_to_both_tiers,
     bucket_blob_is_served_and_copied_down,
     empty_bucket_blob_is_copied_down,
+    abandoned_bucket_read_leaves_no_copy,
     corrupt_bucket_blob_is_not_copied_down,
     bucket_metadata_is_found_and_copied_down,
 );
