@@ -649,8 +649,12 @@ impl super::Store for Disk {
         let committed = self
             .blocking(move |s| {
                 file.sync_all()?;
+                // Either way: a marker left without its blob (a crash between marking and placing, an
+                // earlier private fill) must not make a public blob private, as in the bucket.
                 if private {
                     s.mark_private_blocking(ContentKind::Blob, &d)?;
+                } else {
+                    s.mark_public_blocking(ContentKind::Blob, &d)?;
                 }
                 s.commit_blob_blocking(&path, &d)?;
                 s.verified.insert(d, ());

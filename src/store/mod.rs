@@ -132,8 +132,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// visible only through `commit_fill` (after the writer verified the digest).
     async fn begin_fill(&self, d: &Digest) -> io::Result<Fill>;
 
-    /// Makes a completely written, verified fill the committed blob (marked private first when
-    /// `private`, so it is never visible unmarked). Durable when this returns.
+    /// Makes a completely written, verified fill the committed blob, marked private or public first
+    /// as `private` says (so it is never visible with the wrong marker, whatever marker was left
+    /// before). Durable when this returns.
     async fn commit_fill(&self, fill: Fill, private: bool) -> io::Result<()>;
 
     /// A fill ran out of local space: frees at least `need` bytes if the store can (eviction), and

@@ -118,7 +118,15 @@ impl Tee {
         let Tee { tiered, digest, claim } = self;
         let verdict = Box::new(move |ok: bool| {
             tokio::spawn(async move {
-                let fill = state.lock().await.fill.take();
+                let fill = {
+                    let mut st = state.lock().await;
+                    match st.fill.take() {
+                        // An empty blob passes no chunk through the tee: its (empty) copy starts here,
+                        // or it would be looked up in the bucket on every read.
+                        None if ok && !st.started => tiered.disk.begin_fill(&digest).await.ok(),
+                        fill => fill,
+                    }
+                };
                 if let (true, Some(fill)) = (ok, fill) {
                     let private = tiered.bucket.is_private(ContentKind::Blob, &digest).await;
                     match tiered.disk.commit_fill(fill, private).await {
