@@ -323,7 +323,18 @@ impl Disk {
             Err(e) => return Err(e),
         };
         self.record_use(ContentKind::Manifest, d);
-        let m = layout::parse_manifest_file(d, Bytes::from(raw))?;
+        // Read from the file once per process (then from memory): checked like a blob from before a
+        // restart, so a damaged or edited file is fetched again rather than served.
+        let m = match layout::parse_manifest_file(d, Bytes::from(raw)) {
+            Ok(m) if d.matches(&m.bytes) => m,
+            _ => {
+                self.corrupt.inc();
+                tracing::error!(digest = %d, root = %self.root.display(), "stored manifest does not match its digest: removed, will be fetched again");
+                let _ = fs::remove_file(&path);
+                self.forget_private_marker(&path);
+                return Ok(None);
+            }
+        };
         self.hot.put_manifest(m.clone(), std::time::Instant::now());
         Ok(Some(m))
     }

@@ -210,3 +210,20 @@ async fn blocking_store_io_on_an_async_worker_is_caught_in_debug_builds() {
     let store = Disk::open(dir.path()).unwrap();
     store.blob_size_blocking(&Digest::sha256_of(b"x"));
 }
+
+#[test]
+fn a_manifest_file_that_no_longer_matches_its_digest_is_a_miss_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"{\"schemaVersion\":2}";
+    let d = Digest::sha256_of(body);
+    Disk::open(dir.path())
+        .unwrap()
+        .put_manifest_blocking(&d, "application/vnd.oci.image.manifest.v1+json", body)
+        .unwrap();
+    let path = dir.path().join(layout::content(ContentKind::Manifest, &d));
+    std::fs::write(&path, b"application/vnd.oci.image.manifest.v1+json\n{\"schemaVersion\":3}").unwrap();
+    // A new process: nothing in memory, the file is all there is.
+    let store = Disk::open(dir.path()).unwrap();
+    assert!(store.manifest_blocking(&d).unwrap().is_none());
+    assert!(!path.exists(), "the damaged file is removed so the next pull fetches it again");
+}
