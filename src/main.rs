@@ -5,6 +5,7 @@ use ocicache::cmd;
 use ocicache::config::{Cli, Command, Config, Layered, LogFormat};
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let mut cli = Cli::parse();
     let command = cli.command.take();
     if let Some(Command::Hosts(args)) = command {
@@ -80,5 +81,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// glibc gives each thread that allocates under contention an arena of its own (up to 8 per core)
+/// and keeps what is freed in it. tokio's blocking pool has many short-lived threads doing store I/O,
+/// so the arenas, not the data, set the peak RSS. Two arenas serve two cores' worth of allocation
+/// with no measurable slowdown and keep the peak where the buffers put it.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tuning value; called first thing, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use futures_util::FutureExt;
@@ -276,14 +276,14 @@ enum Visibility {
 /// Writes a chunk at its offset. When the disk is full, asks for an eviction pass and tries once
 /// more (the write is positioned, so a partial first attempt is simply overwritten).
 /// `need`: bytes still to be written for this blob, so eviction frees enough at once.
-async fn write_at(store: &dyn Store, fill: &Fill, bytes: &Bytes, offset: u64, need: u64) -> io::Result<()> {
-    match fill.write_at(bytes.clone(), offset).await {
+async fn write_at(store: &dyn Store, fill: &Fill, parts: &[Bytes], offset: u64, need: u64) -> io::Result<()> {
+    match fill.write_parts_at(parts.to_vec(), offset).await {
         Err(e) if e.kind() == io::ErrorKind::StorageFull => {
             tracing::warn!(digest = %fill.digest(), "disk full while storing a blob: evicting, then retrying");
             if tokio::time::timeout(DISK_FULL_WAIT, store.make_room(need)).await.is_err() {
                 return Err(e);
             }
-            fill.write_at(bytes.clone(), offset).await
+            fill.write_parts_at(parts.to_vec(), offset).await
         }
         other => other,
     }
@@ -335,22 +335,29 @@ async fn download(
                 return Err(bad_body(origin, digest, "more bytes than Content-Length"));
             }
             let need = total.map_or(gathered as u64, |t| t - written);
-            let chunk = match parts.len() {
-                1 => parts.pop().unwrap_or_default(),
-                _ => {
-                    let mut joined = BytesMut::with_capacity(gathered);
+            // Readers at the front get these bytes now, from memory; the file (for late joiners)
+            // and the hash (for the final byte) follow in parallel on the blocking pool. Bytes not
+            // yet in the file are the newest, and the newest are always in `recent`.
+            let mut at = written;
+            for p in &parts {
+                flight.remember(at, p.clone());
+                at += p.len() as u64;
+            }
+            tx.send_replace(Progress::Receiving { written: at, total });
+            let hashed = {
+                let (parts, mut hasher) = (parts.clone(), hasher);
+                tokio::task::spawn_blocking(move || {
                     for p in &parts {
-                        joined.extend_from_slice(p);
+                        hasher.update(p);
                     }
-                    joined.freeze()
-                }
+                    hasher
+                })
             };
-            write_at(store, fill, &chunk, written, need).await?;
-            hasher.update(&chunk);
-            flight.remember(written, chunk.clone());
-            written += chunk.len() as u64;
-            metrics.bytes_from_upstream.inc_by(chunk.len() as u64);
-            tx.send_replace(Progress::Receiving { written, total });
+            let stored = write_at(store, fill, &parts, written, need).await;
+            hasher = hashed.await.map_err(|e| Error::from(io::Error::other(e)))?;
+            stored?;
+            written = at;
+            metrics.bytes_from_upstream.inc_by(gathered as u64);
         }
         match next {
             Some(Ok(_)) => continue,

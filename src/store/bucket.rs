@@ -30,8 +30,8 @@ use tokio::io::AsyncReadExt;
 use super::{layout, ByteStream, ContentKind, Fill, StoredBlob, StoredManifest, TagEntry};
 use crate::oci::{Digest, RegistryName, Repository, Tag};
 
-/// Multipart parts of this size (S3's minimum) stream a blob to the bucket; with at most two parts
-/// in flight an upload holds about 15 MiB.
+/// Multipart parts of this size (S3's minimum) stream a blob to the bucket; with one part in flight
+/// while the next is read, an upload holds about 10 MiB.
 const PART: usize = 5 * 1024 * 1024;
 
 /// How long a private-marker answer is reused: markers change rarely, and a lookup per manifest
@@ -171,7 +171,7 @@ impl Bucket {
                 if n == 0 {
                     break;
                 }
-                writer.wait_for_capacity(2).await.map_err(err)?;
+                writer.wait_for_capacity(1).await.map_err(err)?;
                 writer.write(&buf[..n]);
             }
             Ok(())

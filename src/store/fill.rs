@@ -51,10 +51,23 @@ impl Fill {
 
     /// Writes a whole chunk at its offset, on the blocking pool (a write can wait on the disk).
     pub async fn write_at(&self, bytes: Bytes, offset: u64) -> io::Result<()> {
+        self.write_parts_at(vec![bytes], offset).await
+    }
+
+    /// Writes consecutive pieces from `offset` in one trip to the blocking pool, without joining
+    /// them into one buffer first.
+    pub async fn write_parts_at(&self, parts: Vec<Bytes>, offset: u64) -> io::Result<()> {
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        tokio::task::spawn_blocking(move || {
+            let mut at = offset;
+            for p in &parts {
+                file.write_all_at(p, at)?;
+                at += p.len() as u64;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
     }
 
     /// The staging file, for the store's commit (blocking code only).
