@@ -76,6 +76,10 @@ pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .filter(|_| !head);
+            // A file handed to the connection (sendfile) is counted as sent in full: the body the
+            // log sees is empty.
+            let handed_off = response.extensions().get::<HandedOff>().map(|h| h.0);
+            let expected = handed_off.or(expected);
             let log = RequestLog {
                 method,
                 registry: target.registry.to_string(),
@@ -85,7 +89,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri
                 status,
                 cache: result.map(CacheResult::as_str).unwrap_or("-"),
                 started,
-                bytes: 0,
+                bytes: handed_off.unwrap_or(0),
                 expected,
             };
             log_when_sent(response, log)
@@ -93,6 +97,10 @@ pub async fn handle(State(state): State<Arc<AppState>>, method: Method, uri: Uri
         None => response,
     }
 }
+
+/// Bytes of a response handed to the connection to send from a file (see `sendfile`).
+#[derive(Clone, Copy)]
+struct HandedOff(u64);
 
 /// The one log line per request, written when the body has been sent (or the client went away), so
 /// it can say how many bytes went out and how long it took.
@@ -310,6 +318,7 @@ fn blob_response(
                 // hyper writes a complete empty response; the connection puts the real length back.
                 resp.headers_mut().insert(CONTENT_LENGTH, http::HeaderValue::from_static("0"));
                 resp.headers_mut().insert(super::sendfile::MARKER, header(token.to_string()));
+                resp.extensions_mut().insert(HandedOff(range.len()));
                 return Ok(resp);
             }
             let end = size.map(|_| range.end);
