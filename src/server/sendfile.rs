@@ -185,17 +185,19 @@ impl SendfileStream {
                 return Poll::Ready(Ok(()));
             }
             if s.pos >= s.resident_to {
-                let task = s.readahead.get_or_insert_with(|| {
-                    let (file, from, len) = (s.handoff.file.clone(), s.pos, WINDOW.min(end - s.pos));
+                let window = |from: u64| {
+                    let (file, len) = (s.handoff.file.clone(), WINDOW.min(end - from));
                     tokio::task::spawn_blocking(move || readahead(&file, from, len))
-                });
+                };
+                let task = s.readahead.get_or_insert_with(|| window(s.resident_to));
                 let done = ready!(Pin::new(task).poll(cx));
-                s.readahead = None;
                 // A failed readahead only means sendfile reads the pages itself.
                 if let Ok(Err(e)) = done {
                     tracing::debug!(error = %e, "readahead failed");
                 }
-                s.resident_to = s.pos + WINDOW.min(end - s.pos);
+                s.resident_to += WINDOW.min(end - s.resident_to);
+                // The next window is read while this one is sent, so the socket never waits for it.
+                s.readahead = (s.resident_to < end).then(|| window(s.resident_to));
                 continue;
             }
             ready!(self.tcp.poll_write_ready(cx))?;
