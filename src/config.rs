@@ -72,6 +72,10 @@ pub struct Settings {
     pub shutdown_delay: HumanDuration,
     pub warm_from_cluster: bool,
     pub kubeconfig: Option<PathBuf>,
+    /// `off`, or how long the signed URLs of redirected blob GETs are valid.
+    pub redirect_blobs: RedirectBlobs,
+    /// Regex of `User-Agent`s never redirected; unset or empty: none.
+    pub redirect_blobs_skip_user_agent: Option<String>,
     /// Per-registry settings, keyed by registry name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub registries: BTreeMap<String, RegistrySettings>,
@@ -116,6 +120,8 @@ impl Default for Settings {
             shutdown_delay: secs(0),
             warm_from_cluster: false,
             kubeconfig: None,
+            redirect_blobs: RedirectBlobs(None),
+            redirect_blobs_skip_user_agent: None,
             registries: BTreeMap::new(),
         }
     }
@@ -172,6 +178,65 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// `--redirect-blobs[=TTL]`: `off` (the default), or the lifetime of each signed URL.
+///
+/// The bare flag (or `on`, `true`) means [`RedirectBlobs::DEFAULT_TTL`]. A client follows a redirect
+/// at once and the store checks the expiry when the request starts (a long download goes on after
+/// it), so the URL only has to outlive the hop and any clock skew between the pod and the store;
+/// anyone who sees it (a log, a proxy) can read the blob until it expires, so it should not live
+/// long. At most [`RedirectBlobs::MAX_TTL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Text", into = "String")]
+pub struct RedirectBlobs(pub Option<Duration>);
+
+impl RedirectBlobs {
+    /// Five minutes: enough for clock skew and a client that queues its downloads, short enough
+    /// that a leaked URL is soon useless.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+    /// A URL valid for longer is a standing grant to whoever sees it.
+    pub const MAX_TTL: Duration = Duration::from_secs(3600);
+    /// Shorter ones risk expiring before the client's request arrives (clock skew).
+    pub const MIN_TTL: Duration = Duration::from_secs(10);
+}
+
+impl FromStr for RedirectBlobs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" | "false" | "no" | "0" | "0s" => Ok(RedirectBlobs(None)),
+            "on" | "true" | "yes" => Ok(RedirectBlobs(Some(Self::DEFAULT_TTL))),
+            _ => s
+                .parse::<HumanDuration>()
+                .map(|d| RedirectBlobs(Some(d.0)))
+                .map_err(|_| format!("{s:?} is not off, on or a duration like 5m")),
+        }
+    }
+}
+
+impl fmt::Display for RedirectBlobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(d) => HumanDuration(d).fmt(f),
+        }
+    }
+}
+
+impl TryFrom<Text> for RedirectBlobs {
+    type Error = String;
+
+    fn try_from(t: Text) -> Result<Self, String> {
+        t.0.parse()
+    }
+}
+
+impl From<RedirectBlobs> for String {
+    fn from(r: RedirectBlobs) -> String {
+        r.to_string()
+    }
+}
+
 /// A size written `50GiB`, `500MB` or as a number of bytes (also a TOML integer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Text", into = "String")]
@@ -216,7 +281,7 @@ impl<'de> Deserialize<'de> for Text {
             type Value = Text;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("text such as \"30s\" or \"50GiB\", or a whole number (of seconds, of bytes)")
+                f.write_str("text such as \"30s\" or \"50GiB\", a whole number (of seconds, of bytes), or a boolean")
             }
 
             fn visit_str<E>(self, s: &str) -> Result<Text, E> {
@@ -229,6 +294,10 @@ impl<'de> Deserialize<'de> for Text {
 
             fn visit_u64<E>(self, n: u64) -> Result<Text, E> {
                 Ok(Text(n.to_string()))
+            }
+
+            fn visit_bool<E>(self, b: bool) -> Result<Text, E> {
+                Ok(Text(b.to_string()))
             }
         }
         d.deserialize_any(Visitor)
@@ -455,6 +524,17 @@ pub struct Cli {
     #[arg(global = true, long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Answer GETs of blobs in the bucket with a 307 to a signed URL of the object, valid this long
+    /// (10s to 1h; the bare flag: 5m), so the store sends the bytes; needs --storage s3://, gs:// or
+    /// az:// [default: off]
+    #[arg(global = true, long, num_args = 0..=1, require_equals = true, default_missing_value = "on", value_name = "TTL")]
+    pub redirect_blobs: Option<RedirectBlobs>,
+
+    /// Regex (unanchored) of User-Agents never redirected by --redirect-blobs: clients that cannot
+    /// follow a redirect or reach the bucket get the bytes from ocicache
+    #[arg(global = true, long, value_name = "REGEX")]
+    pub redirect_blobs_skip_user_agent: Option<String>,
+
     #[command(subcommand)]
     #[serde(skip)]
     pub command: Option<Command>,
@@ -536,6 +616,9 @@ pub struct Config {
     /// Watch the cluster and keep the images it uses warm (`--warm-from-cluster`).
     pub warm_from_cluster: bool,
     pub kubeconfig: Option<PathBuf>,
+    /// `--redirect-blobs`: the lifetime of signed URLs, when blob GETs are redirected to the store.
+    pub redirect_blobs: Option<Duration>,
+    pub redirect_blobs_skip_user_agent: Option<Regex>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -778,6 +861,35 @@ impl Settings {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("log_level", format!("{:?}: {e}", self.log_level)))?;
+        if let Some(ttl) = self.redirect_blobs.0 {
+            if !(RedirectBlobs::MIN_TTL..=RedirectBlobs::MAX_TTL).contains(&ttl) {
+                return Err(bad(
+                    "redirect_blobs",
+                    format!(
+                        "{}: signed URLs must be valid for {} to {} (or off)",
+                        self.redirect_blobs,
+                        HumanDuration(RedirectBlobs::MIN_TTL),
+                        HumanDuration(RedirectBlobs::MAX_TTL)
+                    ),
+                ));
+            }
+            match &storage {
+                Some(url) if crate::store::can_sign_urls(url) => {}
+                Some(url) => {
+                    return Err(bad("redirect_blobs", format!("{url} cannot sign URLs; use s3://, gs:// or az:// storage")))
+                }
+                None => {
+                    return Err(bad(
+                        "redirect_blobs",
+                        "needs object storage (storage, --storage s3://...): blobs on local disk have no URL to redirect to",
+                    ))
+                }
+            }
+        }
+        let redirect_blobs_skip_user_agent = match &self.redirect_blobs_skip_user_agent {
+            Some(re) => regex_unless_empty("redirect_blobs_skip_user_agent", re)?,
+            None => None,
+        };
 
         Ok(Config {
             listen: SocketAddr::new(self.listen, self.port),
@@ -810,6 +922,8 @@ impl Settings {
             shutdown_delay: self.shutdown_delay.0,
             warm_from_cluster: self.warm_from_cluster,
             kubeconfig: self.kubeconfig.clone(),
+            redirect_blobs: self.redirect_blobs.0,
+            redirect_blobs_skip_user_agent,
         })
     }
 }

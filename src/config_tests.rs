@@ -285,3 +285,64 @@ fn the_default_tag_policy_is_the_default_settings() {
     assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.listen.ip(), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
 }
+
+#[test]
+fn redirect_blobs_is_off_a_bounded_ttl_or_the_bare_flags_five_minutes() {
+    assert_eq!(cfg(&[]).unwrap().redirect_blobs, None);
+    let on = |args: &[&str]| {
+        let mut all = vec!["--storage", "s3://b/p"];
+        all.extend_from_slice(args);
+        cfg(&all)
+    };
+    assert_eq!(on(&["--redirect-blobs"]).unwrap().redirect_blobs, Some(Duration::from_secs(300)));
+    assert_eq!(on(&["--redirect-blobs=90s"]).unwrap().redirect_blobs, Some(Duration::from_secs(90)));
+    assert_eq!(on(&["--redirect-blobs=off"]).unwrap().redirect_blobs, None);
+    assert_eq!(on(&["--redirect-blobs=1h"]).unwrap().redirect_blobs, Some(Duration::from_secs(3600)));
+    for too_long in ["61m", "2h", "7d"] {
+        let e = on(&[&format!("--redirect-blobs={too_long}")]).unwrap_err().to_string();
+        assert!(e.starts_with("--redirect-blobs: ") && e.contains("10s to 1h"), "{too_long}: {e}");
+    }
+    assert!(on(&["--redirect-blobs=1s"]).unwrap_err().to_string().contains("10s to 1h"));
+    assert!(on(&["--redirect-blobs=soon"]).is_err());
+    // Only a store that can sign URLs has something to redirect to.
+    let e = cfg(&["--redirect-blobs"]).unwrap_err().to_string();
+    assert!(e.starts_with("--redirect-blobs: needs object storage"), "{e}");
+    let e = cfg(&["--redirect-blobs", "--storage", "file:///shared"]).unwrap_err().to_string();
+    assert!(e.contains("cannot sign URLs"), "{e}");
+    assert!(cfg(&["--redirect-blobs", "--storage", "gs://b"]).is_ok());
+    assert!(cfg(&["--redirect-blobs", "-b", "b"]).is_ok());
+    // Clients that are served the bytes instead.
+    let c = on(&["--redirect-blobs", "--redirect-blobs-skip-user-agent", "^old/"]).unwrap();
+    assert!(c.redirect_blobs_skip_user_agent.unwrap().is_match("old/1.0"));
+    let e = on(&["--redirect-blobs-skip-user-agent", "("]).unwrap_err().to_string();
+    assert!(e.starts_with("--redirect-blobs-skip-user-agent: "), "{e}");
+}
+
+#[test]
+fn redirect_blobs_in_the_file_and_printed_by_check_config() {
+    for (text, want) in [
+        ("redirect_blobs = \"2m\"", Some(120)),
+        ("redirect_blobs = true", Some(300)),
+        ("redirect_blobs = false", None),
+        ("redirect_blobs = \"off\"", None),
+        ("redirect_blobs = 600", Some(600)),
+    ] {
+        let (_dir, file) = file_with(&format!("storage = \"s3://b\"\n{text}\n"));
+        let l = layered(&["-c", &file]);
+        assert_eq!(l.validate().unwrap().redirect_blobs, want.map(Duration::from_secs), "{text}");
+        let printed = l.to_toml().unwrap();
+        let line = match want {
+            None => "redirect_blobs = \"off\"".to_owned(),
+            Some(s) => format!("redirect_blobs = \"{}\"", HumanDuration(Duration::from_secs(s))),
+        };
+        assert!(printed.contains(&line), "{text}: {printed}");
+        let (_dir2, again) = file_with(&printed);
+        assert_eq!(layered(&["-c", &again]).settings, l.settings);
+    }
+    // The file turns it on, a flag turns it off again; errors name the file's key.
+    let (_dir, file) = file_with("storage = \"s3://b\"\nredirect_blobs = \"5m\"\n");
+    assert_eq!(cfg(&["-c", &file, "--redirect-blobs=off"]).unwrap().redirect_blobs, None);
+    let (_dir, file) = file_with("storage = \"s3://b\"\nredirect_blobs = \"2h\"\n");
+    let e = cfg(&["-c", &file]).unwrap_err().to_string();
+    assert!(e.starts_with("redirect_blobs in ") && e.contains("10s to 1h"), "{e}");
+}

@@ -59,6 +59,10 @@ pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         ready: std::sync::atomic::AtomicBool::new(true),
         cluster: std::sync::OnceLock::new(),
         sendfile,
+        redirects: config.redirect_blobs.map(|ttl| server::redirect::Redirects {
+            ttl,
+            skip_user_agent: config.redirect_blobs_skip_user_agent.clone(),
+        }),
     }))
 }
 

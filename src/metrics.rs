@@ -47,6 +47,8 @@ pub struct Metrics {
     pub bytes_from_upstream: Counter,
     pub bytes_from_cache: Counter,
     pub sendfile_bytes: Counter,
+    /// Blob GETs answered with a redirect to a signed URL of the object store (`--redirect-blobs`).
+    pub blob_redirects: Counter,
     pub inflight_downloads: Gauge,
     pub requests_in_progress: Gauge,
     pub resumes: Counter,
@@ -103,6 +105,12 @@ impl Metrics {
             "ocicache_sendfile_bytes",
             "Blob bytes the kernel sent from stored files (sendfile), without passing through ocicache",
             sendfile_bytes.clone(),
+        );
+        let blob_redirects = Counter::default();
+        registry.register(
+            "ocicache_blob_redirects",
+            "Blob GETs answered with a 307 to a signed URL of the object store, which then sends the bytes (--redirect-blobs)",
+            blob_redirects.clone(),
         );
         let inflight_downloads = Gauge::default();
         registry.register("ocicache_inflight_downloads", "Blob downloads in progress", inflight_downloads.clone());
@@ -216,6 +224,7 @@ impl Metrics {
             bytes_from_upstream,
             bytes_from_cache,
             sendfile_bytes,
+            blob_redirects,
             inflight_downloads,
             requests_in_progress,
             resumes,

@@ -112,6 +112,32 @@ impl Cache {
         Ok(answer)
     }
 
+    /// `--redirect-blobs`: a signed URL at which the object store serves a blob it holds (and this
+    /// process verified there), given only where a normal answer would have served the bytes: the
+    /// client's access to private content is confirmed first, exactly as for a `200`. `None`: answer
+    /// as usual (not in the bucket, a store that cannot sign, a download under way).
+    pub async fn blob_redirect(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        client_auth: Option<HeaderValue>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<url::Url>, Error> {
+        let req = BlobRequest {
+            target,
+            digest,
+            client_auth: client_auth.as_ref(),
+            private_registry: self.policy.private_registries.contains(&target.registry),
+        };
+        // As in `get_blob`: a private registry's client proves its access before the store is asked.
+        self.confirm_if_private(&req, false).await?;
+        let Some(url) = self.store.blob_url(digest, ttl).await else { return Ok(None) };
+        self.confirm_if_private(&req, self.store.is_private(ContentKind::Blob, digest).await).await?;
+        self.metrics.cache_result(&self.origin.registries().label(&target.registry), "blob", CacheResult::Hit);
+        self.metrics.blob_redirects.inc();
+        Ok(Some(url))
+    }
+
     /// Private content needs the client's access confirmed first; public content does not.
     async fn confirm_if_private(&self, req: &BlobRequest<'_>, private: bool) -> Result<(), Error> {
         if private || req.private_registry {

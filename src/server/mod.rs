@@ -2,6 +2,7 @@
 //! `/metrics`, `/healthz` and `/readyz`. Translates between HTTP and the cache; holds no caching logic.
 
 pub mod auth;
+pub mod redirect;
 mod response;
 pub mod sendfile;
 pub mod tls;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::warmer::ClusterWarm>>,
     /// Files handed to plain-TCP connections to send with `sendfile` (none with TLS).
     pub sendfile: Option<Arc<sendfile::Handoffs>>,
+    /// `--redirect-blobs`: blob GETs answered with a signed URL of the object store.
+    pub redirects: Option<redirect::Redirects>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

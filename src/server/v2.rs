@@ -194,6 +194,11 @@ async fn api(
             Ok((resp, Some(result)))
         }
         RouteKind::Blob(digest) => {
+            if let Some(ttl) = state.redirects.as_ref().and_then(|r| r.ttl_for(head, headers)) {
+                if let Some(url) = state.cache.blob_redirect(target, &digest, client_auth.clone(), ttl).await? {
+                    return Ok((super::redirect::response(&digest, &url), Some(CacheResult::Hit)));
+                }
+            }
             let answer = state.cache.blob(target, &digest, head, client_auth).await?;
             let result = answer.result();
             // RFC 9110 §14.2: Range is defined for GET only; a HEAD describes the whole blob.

@@ -8,6 +8,13 @@
 //! blob read that ends at the blob's end is verified while it streams (`verify`). A mismatch removes
 //! the object, is logged and counted in `ocicache_store_corrupt_total{tier="bucket"}`.
 //!
+//! With `--redirect-blobs` a blob GET can be answered with a signed URL of the object (S3, GCS and
+//! Azure sign them with the store's credentials), so the bytes go from the store to the client. The
+//! client then gets them unchecked by ocicache, so a URL is only given for an object this process has
+//! verified (it uploaded those bytes, or read them whole and they matched) and that has not changed
+//! since (same ETag): an object someone replaced is served through ocicache again, verified, and
+//! removed if it does not match.
+//!
 //! Credentials, region and endpoint come from the standard AWS environment
 //! (`AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
 //! web identity), so the seed's examples work unchanged.
@@ -23,6 +30,7 @@ use bytes::Bytes;
 use futures_util::stream::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncReadExt;
@@ -42,6 +50,16 @@ const MARK_TTL: Duration = Duration::from_secs(30);
 /// bucket lookup.
 const MAX_MARKS: u64 = 20_000;
 
+/// Verified blob objects remembered for redirects (only objects that exist and matched get in); one
+/// forgotten is served through ocicache once more, which verifies it again.
+const MAX_VERIFIED: u64 = 20_000;
+
+/// Whether `--storage URL` names a store that can sign URLs for `--redirect-blobs` (S3, GCS, Azure;
+/// not a shared directory). Whether its credentials can sign shows only when it signs.
+pub fn can_sign_urls(url: &str) -> bool {
+    ["s3://", "gs://", "az://", "azure://"].iter().any(|p| url.starts_with(p))
+}
+
 fn err(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
@@ -59,6 +77,13 @@ pub struct Bucket {
     /// Recent answers to "is this private?", per (kind, digest), with when they were given.
     marks: moka::sync::Cache<(ContentKind, Digest), (bool, tokio::time::Instant)>,
     corrupt: Counter,
+    /// Signs URLs of objects (`--redirect-blobs`), for the stores that can.
+    signer: Option<Arc<dyn Signer>>,
+    /// The ETag of each blob object whose bytes this process verified: uploaded them itself, or
+    /// read the object whole and it matched its digest. Only these objects are handed out as URLs.
+    verified: moka::sync::Cache<Digest, String>,
+    /// A signing failure is logged once at warn (it repeats for every request), then at debug.
+    sign_failure_logged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -78,22 +103,25 @@ impl Bucket {
             return Err(format!("--storage {url}: no bucket name"));
         }
         let built = |e: object_store::Error| format!("--storage {url}: {e}");
-        let (store, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
+        let (store, signer, prefix): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, &str) = match scheme {
             "s3" => {
                 let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
                 let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
                 if let Some(e) = endpoint.filter(|e| !e.is_empty()) {
                     builder = builder.with_allow_http(e.starts_with("http://")).with_endpoint(e);
                 }
-                (Arc::new(builder.build().map_err(built)?), prefix)
+                let s3 = Arc::new(builder.build().map_err(built)?);
+                (s3.clone(), Some(s3), prefix)
             }
             "gs" => {
                 let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
-                (Arc::new(builder.build().map_err(built)?), prefix)
+                let gcs = Arc::new(builder.build().map_err(built)?);
+                (gcs.clone(), Some(gcs), prefix)
             }
             "az" | "azure" => {
                 let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket);
-                (Arc::new(builder.build().map_err(built)?), prefix)
+                let azure = Arc::new(builder.build().map_err(built)?);
+                (azure.clone(), Some(azure), prefix)
             }
             // A directory shared by replicas (an NFS mount, say): the whole path is the root.
             "file" => {
@@ -103,13 +131,14 @@ impl Bucket {
                 }
                 std::fs::create_dir_all(dir).map_err(|e| format!("--storage {url}: {e}"))?;
                 let local = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(built)?;
-                (Arc::new(local), "")
+                (Arc::new(local), None, "")
             }
             _ => {
                 return Err(format!("--storage {url}: use s3://, gs://, az:// or file:// (local disk is the default)"))
             }
         };
-        let bucket = Bucket::new(store, prefix, url, staging).map_err(|e| format!("--storage {url}: {e}"))?;
+        let mut bucket = Bucket::new(store, prefix, url, staging).map_err(|e| format!("--storage {url}: {e}"))?;
+        bucket.signer = signer;
         bucket.store.list_with_delimiter(Some(&bucket.key("blobs"))).await.map_err(|e| {
             format!(
                 "--storage {url}: cannot list the bucket ({e}); check the bucket name, the credentials and the \
@@ -129,7 +158,54 @@ impl Bucket {
             staging: staging.to_path_buf(),
             marks: crate::bounded::expiring(MAX_MARKS, MARK_TTL),
             corrupt: Counter::default(),
+            signer: None,
+            verified: crate::bounded::lru(MAX_VERIFIED),
+            sign_failure_logged: Arc::default(),
         })
+    }
+
+    /// Signs URLs of verified blob objects with `signer` (tests give one to a store built by `new`).
+    pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Remembers that the object of blob `d` with this ETag holds the verified bytes.
+    fn verified_object(&self, d: &Digest, e_tag: Option<String>) {
+        if let Some(tag) = e_tag {
+            self.verified.insert(d.clone(), tag);
+        }
+    }
+
+    /// See `Store::blob_url`: a signed URL of blob `d`'s object, if this process verified that object
+    /// and it is unchanged (a HEAD, so a deleted or replaced object is never handed out).
+    pub(crate) async fn signed_blob_url(&self, d: &Digest, ttl: Duration) -> Option<url::Url> {
+        let signer = self.signer.as_ref()?;
+        let verified = self.verified.get(d)?;
+        let key = self.blob_key(d);
+        match self.store.head(&key).await {
+            Ok(meta) if meta.e_tag.as_deref() == Some(verified.as_str()) => {}
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                // Replaced or removed since it was verified: served through ocicache, which checks it.
+                self.verified.invalidate(d);
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(digest = %d, error = %e, "object storage lookup failed; the blob is not redirected");
+                return None;
+            }
+        }
+        match signer.signed_url(http::Method::GET, &key, ttl).await {
+            Ok(url) => Some(url),
+            Err(e) => {
+                if !self.sign_failure_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(bucket = %self.url, error = %e, "cannot sign object URLs: blobs are served through ocicache instead of redirected (logged once)");
+                } else {
+                    tracing::debug!(bucket = %self.url, error = %e, "cannot sign an object URL");
+                }
+                None
+            }
+        }
     }
 
     /// Counts corrupt content found in the bucket in the process's metrics.
@@ -178,7 +254,12 @@ impl Bucket {
         }
         .await;
         match result {
-            Ok(()) => writer.finish().await.map(|_| ()).map_err(err),
+            Ok(()) => {
+                // The bytes were verified before the upload: this object may be handed out as a URL.
+                let put = writer.finish().await.map_err(err)?;
+                self.verified_object(d, put.e_tag);
+                Ok(())
+            }
             Err(e) => {
                 let _ = writer.abort().await;
                 Err(e)
@@ -196,12 +277,18 @@ impl Bucket {
 
     /// Bytes `range` of a blob object, as stored (unverified).
     async fn get_range(&self, d: &Digest, range: Range<u64>) -> io::Result<ByteStream> {
+        Ok(self.get_object_range(d, range).await?.1)
+    }
+
+    /// Bytes `range` of a blob object, as stored (unverified), with the object's ETag.
+    async fn get_object_range(&self, d: &Digest, range: Range<u64>) -> io::Result<(Option<String>, ByteStream)> {
         if range.is_empty() {
-            return Ok(futures_util::stream::empty().boxed());
+            return Ok((None, futures_util::stream::empty().boxed()));
         }
         let opts = GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() };
         let got = self.store.get_opts(&self.blob_key(d), opts).await.map_err(err)?;
-        Ok(got.into_stream().map_err(err).boxed())
+        let e_tag = got.meta.e_tag.clone();
+        Ok((e_tag, got.into_stream().map_err(err).boxed()))
     }
 
     /// A stream of `range` of blob `d` (`size` bytes), verified when it ends at the blob's end;
@@ -220,7 +307,15 @@ impl Bucket {
             return futures_util::stream::once(async move { bucket.get_range(&d, range).await }).try_flatten().boxed();
         }
         let (b, digest) = (self.clone(), d.clone());
-        let whole = futures_util::stream::once(async move { b.get_range(&digest, 0..size).await }).try_flatten();
+        // The ETag of the object read: once its bytes matched, that object may be handed out as a URL.
+        let read_e_tag: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let seen = read_e_tag.clone();
+        let whole = futures_util::stream::once(async move {
+            let (e_tag, stream) = b.get_object_range(&digest, 0..size).await?;
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = e_tag;
+            Ok::<_, io::Error>(stream)
+        })
+        .try_flatten();
         let (whole, on_verdict): (ByteStream, Option<super::verify::Verdict>) = match tee {
             Some(tee) => {
                 let (stream, verdict) = tee.attach(whole.boxed());
@@ -230,7 +325,11 @@ impl Bucket {
         };
         let digest_of_read = d.clone();
         let verdict: super::verify::Verdict = Box::new(move |ok| {
-            if !ok {
+            if ok {
+                let e_tag = read_e_tag.lock().unwrap_or_else(|p| p.into_inner()).take();
+                bucket.verified_object(&d, e_tag);
+            } else {
+                bucket.verified.invalidate(&d);
                 bucket.found_corrupt(ContentKind::Blob, &d);
             }
             if let Some(v) = on_verdict {
@@ -331,6 +430,10 @@ impl super::Store for Bucket {
     async fn open_blob(&self, d: &Digest) -> io::Result<Option<StoredBlob>> {
         let Some(size) = self.blob_size(d).await? else { return Ok(None) };
         Ok(Some(StoredBlob::new(size, Box::new(BucketBlob { bucket: self.clone(), digest: d.clone(), size }))))
+    }
+
+    async fn blob_url(&self, d: &Digest, ttl: Duration) -> Option<url::Url> {
+        self.signed_blob_url(d, ttl).await
     }
 
     async fn begin_fill(&self, d: &Digest) -> io::Result<Fill> {

@@ -28,7 +28,7 @@ pub mod recency;
 pub mod tiered;
 pub mod verify;
 
-pub use bucket::Bucket;
+pub use bucket::{can_sign_urls, Bucket};
 pub use disk::{ContentKind, Disk};
 pub use fill::Fill;
 pub use tiered::Tiered;
@@ -127,6 +127,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Opens a committed blob for reading, recording the use for eviction.
     async fn open_blob(&self, d: &Digest) -> io::Result<Option<StoredBlob>>;
+
+    /// A URL at which the object store itself serves blob `d` for the next `ttl`, signed with the
+    /// store's credentials (`--redirect-blobs`), so its bytes need not pass through ocicache.
+    /// `None` (serve the bytes as usual) where the store cannot sign (local disk, a shared
+    /// directory, credentials that cannot sign), the object is not there, or this process has not
+    /// verified the object's bytes against the digest: a client fetching from the store directly
+    /// gets them unchecked by ocicache, so only an object seen whole and matching is handed out.
+    async fn blob_url(&self, _d: &Digest, _ttl: Duration) -> Option<url::Url> {
+        None
+    }
 
     /// Starts writing blob `d`: a staging file on local disk, readable while it grows, that becomes
     /// visible only through `commit_fill` (after the writer verified the digest).

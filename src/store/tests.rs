@@ -227,3 +227,67 @@ fn a_manifest_file_that_no_longer_matches_its_digest_is_a_miss_and_removed() {
     assert!(store.manifest_blocking(&d).unwrap().is_none());
     assert!(!path.exists(), "the damaged file is removed so the next pull fetches it again");
 }
+
+/// Signs by writing the key and the lifetime into a URL, as a real signer's query would carry them.
+#[derive(Debug)]
+struct TestSigner;
+
+#[async_trait::async_trait]
+impl object_store::signer::Signer for TestSigner {
+    async fn signed_url(
+        &self,
+        method: http::Method,
+        path: &object_store::path::Path,
+        expires_in: Duration,
+    ) -> object_store::Result<url::Url> {
+        Ok(url::Url::parse(&format!("https://signed.test/{path}?method={method}&expires={}", expires_in.as_secs()))
+            .unwrap())
+    }
+}
+
+/// `--redirect-blobs` hands out an object's URL only once this process saw the object's bytes match
+/// the digest, and only while the object is unchanged: never for a digest that is not there, never
+/// for bytes someone else put there unchecked.
+#[tokio::test]
+async fn bucket_urls_are_signed_only_for_verified_unchanged_objects() {
+    use futures_util::StreamExt;
+    let staging = tempfile::tempdir().unwrap();
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let bucket =
+        Bucket::new(memory.clone(), "pre", "mem://b/pre", staging.path()).unwrap().with_signer(Arc::new(TestSigner));
+    let ttl = Duration::from_secs(300);
+    let data = b"layer bytes".to_vec();
+    let d = Digest::sha256_of(&data);
+    assert!(bucket.blob_url(&d, ttl).await.is_none(), "not in the bucket");
+
+    // Put there by another writer: not verified by this process yet.
+    let key = object_store::path::Path::from(format!("pre/{}", layout::content(ContentKind::Blob, &d)));
+    object_store::ObjectStore::put(memory.as_ref(), &key, data.clone().into()).await.unwrap();
+    assert!(bucket.blob_url(&d, ttl).await.is_none(), "an object nobody here verified");
+
+    // Read whole, and it matched: now it may be handed out.
+    let blob = bucket.open_blob(&d).await.unwrap().unwrap();
+    let body: Vec<_> = blob.read(0..data.len() as u64).collect().await;
+    assert!(body.iter().all(Result::is_ok));
+    let url = bucket.blob_url(&d, ttl).await.expect("a verified object is signed");
+    assert_eq!(url.path(), format!("/{key}"));
+    assert!(url.query().unwrap().contains("method=GET") && url.query().unwrap().contains("expires=300"), "{url}");
+
+    // Replaced by other bytes: no URL; the next read verifies, fails, and removes it.
+    let mut forged = data.clone();
+    forged[0] ^= 1;
+    object_store::ObjectStore::put(memory.as_ref(), &key, forged.into()).await.unwrap();
+    assert!(bucket.blob_url(&d, ttl).await.is_none(), "a replaced object must not be handed out");
+    let blob = bucket.open_blob(&d).await.unwrap().unwrap();
+    let body: Vec<_> = blob.read(0..data.len() as u64).collect().await;
+    assert!(body.iter().any(Result::is_err), "the forged read must be cut");
+    assert!(bucket.blob_url(&d, ttl).await.is_none());
+
+    // Without a signer (a shared directory) or on local disk: never.
+    let unsigned = Bucket::new(memory, "pre", "mem://b/pre", staging.path()).unwrap();
+    assert!(unsigned.blob_url(&d, ttl).await.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::open(dir.path()).unwrap();
+    let on_disk = disk::blocking_section(|| committed_blob(&disk, &data));
+    assert!(disk.blob_url(&on_disk, ttl).await.is_none());
+}

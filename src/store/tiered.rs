@@ -191,6 +191,12 @@ impl Store for Tiered {
         Ok(Some(StoredBlob::new(size, Box::new(BucketHit { tiered: self.clone(), digest: d.clone(), size }))))
     }
 
+    /// The bucket's object, even when the disk tier has a copy: redirecting is what the operator
+    /// chose, to take the bytes off this pod's network.
+    async fn blob_url(&self, d: &Digest, ttl: Duration) -> Option<url::Url> {
+        self.bucket.signed_blob_url(d, ttl).await
+    }
+
     async fn begin_fill(&self, d: &Digest) -> io::Result<Fill> {
         self.disk.begin_fill(d).await
     }

@@ -108,6 +108,20 @@ Empty when there is none.
 {{- end }}
 {{- end }}
 
+{{/* True (non-empty) when the cache pods find each other as peers (peers.enabled, or auto). */}}
+{{- define "ocicache.peers" -}}
+{{- $v := .Values.peers.enabled | toString }}
+{{- if eq $v "auto" }}
+{{- if and .Values.s3.enabled (eq .Values.kind "Deployment") (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- else if eq $v "true" }}true
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the peers' shared secret. */}}
+{{- define "ocicache.peerSecretName" -}}
+{{- default (printf "%s-peer" (include "ocicache.fullname" .)) .Values.peers.existingSecret }}
+{{- end }}
+
 {{/* The mirror URL containerd is given in hosts.toml. */}}
 {{- define "ocicache.mirrorEndpoint" -}}
 {{- $scheme := ternary "https" "http" (.Values.tls.enabled | default false) }}
@@ -246,6 +260,24 @@ written some other way (the binary still checks it at start).
 {{- end }}
 {{- if and (eq .Values.kind "Deployment") (include "ocicache.usesClaim" .) (gt (int .Values.replicaCount) 1) (not (has "ReadWriteMany" .Values.persistence.accessModes)) }}
 {{- fail "replicaCount > 1 with one ReadWriteOnce claim: share a bucket with s3.enabled, or use kind=DaemonSet, persistence.type=emptyDir, or a ReadWriteMany claim" }}
+{{- end }}
+{{- if and .Values.redirectBlobs.enabled (not .Values.s3.enabled) }}
+{{- fail "redirectBlobs.enabled redirects to presigned URLs of the bucket: it needs s3.enabled" }}
+{{- end }}
+{{- if .Values.redirectBlobs.enabled }}
+{{- $ttl := include "ocicache.seconds" .Values.redirectBlobs.ttl }}
+{{- if or (not $ttl) (lt (atoi $ttl) 10) (gt (atoi $ttl) 3600) }}
+{{- fail (printf "redirectBlobs.ttl %q: a duration from 10s to 1h, such as 5m" (toString .Values.redirectBlobs.ttl)) }}
+{{- end }}
+{{- end }}
+{{- if not (has (toString .Values.peers.enabled) (list "auto" "true" "false")) }}
+{{- fail (printf "peers.enabled must be auto, true or false, not %q" (toString .Values.peers.enabled)) }}
+{{- end }}
+{{- if and (include "ocicache.peers" .) (not .Values.s3.enabled) }}
+{{- fail "peers.enabled: peers share one bucket, so they need s3.enabled" }}
+{{- end }}
+{{- if not (has .Values.podAntiAffinity (list "preferred" "")) }}
+{{- fail (printf "podAntiAffinity must be preferred or \"\", not %q" .Values.podAntiAffinity) }}
 {{- end }}
 {{- if and .Values.hostNetwork (ne .Values.kind "DaemonSet") }}
 {{- fail "hostNetwork is for kind=DaemonSet (one cache per node on localhost)" }}
