@@ -309,6 +309,9 @@ impl Bench {
             }
             for run in 0..runs {
                 self.cold(part, run);
+                if part == Part::Cold {
+                    self.cold_link(run);
+                }
             }
         }
         if self.plan.has(Part::Warm) {
@@ -485,6 +488,31 @@ impl Bench {
         if peer == Server::Proxy {
             self.notes.push(format!("{figure:?} run {}: proxy made {gets} upstream blob GETs", run + 1));
         }
+    }
+
+    /// A cold pull as it happens outside a benchmark: the origin behind a link slower than memory
+    /// (1 Gbit/s, a relay passing 125 MB/s). ocicache with an empty cache against the client asking
+    /// the origin directly through the same relay. On loopback the origin delivers faster than
+    /// SHA-256 runs, so `Cold1` measures hashing and copies; this measures what a user waits for.
+    fn cold_link(&mut self, run: usize) {
+        const LINK: u64 = 125_000_000;
+        let size = self.content.size;
+        let relay = throttle::SlowRelay::start(
+            format!("127.0.0.1:{}", self.upstream.port).parse().expect("upstream address"),
+            LINK,
+        );
+        let oci = self.start_oci(false, &format!("http://127.0.0.1:{}", relay.port));
+        let target = self.oci_blob(&oci);
+        let r = self.rt.block_on(client::downloads(&target, 1, 1, size));
+        self.record(Figure::ColdLink, Server::Ocicache, run, r.map(|d| d.as_secs_f64()));
+        if let Err(e) = oci.wait_committed(None, &self.content.hex, size) {
+            self.problem(e);
+        }
+        self.retire(oci, "cold-link");
+        let direct = Target::new(relay.port, self.blob_path());
+        let r = self.rt.block_on(client::downloads(&direct, 1, 1, size));
+        self.record(Figure::ColdLink, Server::Upstream, run, r.map(|d| d.as_secs_f64()));
+        self.log(&format!("ColdLink run {}: done", run + 1));
     }
 
     /// An instance with the blob cached, if no cold run with N clients left one.
@@ -712,6 +740,7 @@ impl Bench {
         println!();
         let rows = [
             PeerRow { figure: Figure::Cold1, peer: Server::Upstream, target: 1.1 },
+            PeerRow { figure: Figure::ColdLink, peer: Server::Upstream, target: 1.1 },
             PeerRow { figure: Figure::ColdMany, peer: Server::Proxy, target: 0.5 },
             PeerRow { figure: Figure::Warm1, peer: Server::Nginx, target: 1.0 },
             PeerRow { figure: Figure::WarmMany, peer: Server::Nginx, target: 1.0 },

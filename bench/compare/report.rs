@@ -11,6 +11,9 @@ pub enum Figure {
     Cold1,
     /// Wall time until all of N clients asking at once have the blob, cold.
     ColdMany,
+    /// Wall time of one client's cold GET when the origin is behind a 1 Gbit/s link (a relay that
+    /// passes 125 MB/s), against the origin asked directly through the same link.
+    ColdLink,
     /// MiB/s of one client fetching the cached blob over and over.
     Warm1,
     /// MiB/s of N clients doing so at once.
@@ -28,6 +31,7 @@ impl Figure {
         match self {
             Figure::Cold1 => "cold blob, 1 client: wall s".into(),
             Figure::ColdMany => format!("cold blob, {clients} clients: wall s"),
+            Figure::ColdLink => "cold blob, 1 client, 1 Gbit/s origin: wall s".into(),
             Figure::Warm1 => "warm blob, 1 client: MiB/s".into(),
             Figure::WarmMany => format!("warm blob, {clients} clients: MiB/s"),
             Figure::Head => "cached manifest HEAD by tag: req/s".into(),
@@ -38,12 +42,12 @@ impl Figure {
 
     /// Times are better low, rates high.
     fn lower_is_better(self) -> bool {
-        matches!(self, Figure::Cold1 | Figure::ColdMany | Figure::Range)
+        matches!(self, Figure::Cold1 | Figure::ColdMany | Figure::ColdLink | Figure::Range)
     }
 
     fn decimals(self) -> usize {
         match self {
-            Figure::Cold1 | Figure::ColdMany => 2,
+            Figure::Cold1 | Figure::ColdMany | Figure::ColdLink => 2,
             Figure::Range => 3,
             _ => 0,
         }

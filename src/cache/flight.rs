@@ -598,7 +598,12 @@ async fn relay(flight: Arc<Flight>, pos: u64) -> io::Result<BoxStream<'static, i
     let mut off = 0;
     while off < pos {
         let n = (pos - off).min(READ_CHUNK as u64) as usize;
-        let bytes = flight.reader.read_at(off, n).await?;
+        // Readers get bytes before they are written; what the file lacks is in the recent buffers.
+        let bytes = match flight.recent_bytes(off, pos) {
+            Some(b) => b,
+            None => flight.reader.read_at(off, n).await?,
+        };
+        let n = bytes.len();
         hasher.update(&bytes);
         off += n as u64;
     }
