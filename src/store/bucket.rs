@@ -42,7 +42,7 @@ const MARK_TTL: Duration = Duration::from_secs(30);
 /// bucket lookup.
 const MAX_MARKS: u64 = 20_000;
 
-fn err(e: object_store::Error) -> io::Error {
+pub(super) fn err(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
         e => io::Error::other(format!("object storage: {e}")),
@@ -464,6 +464,10 @@ impl super::Store for Bucket {
 
     async fn healthy(&self) -> bool {
         true
+    }
+
+    async fn claim_fill(&self, d: &Digest, owner: &str, private: bool) -> io::Result<super::FillClaim> {
+        super::lease::claim(self.store.clone(), self.key(&layout::lease(d)), owner, private).await
     }
 
     async fn shutdown(&self) {
