@@ -212,8 +212,9 @@ SCENARIOS = {
         "s3": {"enabled": True, "bucket": "cache-bucket"},
         "tls": {"enabled": True, "existingSecret": "ocicache-tls"},
     },
-    # deploy/kubernetes/ocicache-s3.yaml is this rendering. Peers stay off here until the ocicache
-    # on main knows peer_secret_file and --advertise-url (then drop the line and refresh the file).
+    # deploy/kubernetes/ocicache-s3.yaml is this rendering. Peers stay off in the plain file: its
+    # Secret would hold the same published value for everyone who applies it. The chart generates
+    # one per release (or takes peers.existingSecret).
     "plain-s3": {
         "peers": {"enabled": False},
         "nodeConfigurator": {"enabled": True},

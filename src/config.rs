@@ -52,6 +52,10 @@ pub struct Settings {
     pub private_registries: Vec<String>,
     pub bucket: Option<String>,
     pub storage: Option<String>,
+    /// How the other replicas sharing `storage` reach this one (cluster-wide single flight).
+    pub advertise_url: Option<String>,
+    /// The secret replicas prove to each other on the internal peer endpoint.
+    pub peer_secret_file: Option<PathBuf>,
     pub allow_registries: Vec<String>,
     pub default_registry: String,
     pub tag_ttl: HumanDuration,
@@ -100,6 +104,8 @@ impl Default for Settings {
             private_registries: Vec::new(),
             bucket: None,
             storage: None,
+            advertise_url: None,
+            peer_secret_file: None,
             allow_registries: Vec::new(),
             default_registry: "docker.io".to_owned(),
             tag_ttl: secs(300),
@@ -434,6 +440,17 @@ pub struct Cli {
     #[arg(global = true, long, value_name = "URL")]
     pub storage: Option<String>,
 
+    /// How replicas sharing --storage reach this one (e.g. http://POD_IP:3000): a blob one replica is
+    /// downloading is streamed from it to the others instead of being downloaded again; needs
+    /// --peer-secret-file
+    #[arg(global = true, long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+
+    /// File with a secret shared by the replicas (at least 16 characters): enables the internal peer
+    /// endpoint, and proves this replica to the others
+    #[arg(global = true, long, value_name = "FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+
     /// Where registry NAME is fetched from, endpoints tried in order; repeatable.
     /// Example: --upstream myreg.test=http://127.0.0.1:5000
     #[arg(global = true, long, value_name = "NAME=URL[,URL...]")]
@@ -611,6 +628,10 @@ pub struct Config {
     pub eviction: EvictionPolicy,
     /// Shared object storage (`s3://bucket[/prefix]`), if any.
     pub storage: Option<String>,
+    /// Where the other replicas reach this one; with it, fills are coordinated cluster-wide.
+    pub advertise_url: Option<Url>,
+    /// The peer secret's file (read again at start), enabling the internal peer endpoint.
+    pub peer_secret_file: Option<PathBuf>,
     pub shutdown_timeout: Duration,
     pub shutdown_delay: Duration,
     /// Watch the cluster and keep the images it uses warm (`--warm-from-cluster`).
@@ -779,6 +800,24 @@ impl Settings {
                 ));
             }
         }
+        let advertise_url = self.advertise_url.as_deref().map(parse_advertise_url).transpose()?;
+        if advertise_url.is_some() {
+            if self.peer_secret_file.is_none() {
+                return Err(bad(
+                    "advertise_url",
+                    "needs peer_secret_file (--peer-secret-file): the replicas prove themselves to each other with it",
+                ));
+            }
+            if storage.is_none() {
+                return Err(bad(
+                    "advertise_url",
+                    "needs shared storage (--storage or --bucket): leases live where every replica sees them",
+                ));
+            }
+        }
+        if let Some(p) = &self.peer_secret_file {
+            read_peer_secret(p).map_err(|e| bad("peer_secret_file", e))?;
+        }
         let policy = self.tag_policy()?;
 
         let credentials = match &self.creds_file {
@@ -918,6 +957,8 @@ impl Settings {
             tls_key: self.tls_key.clone(),
             eviction: EvictionPolicy { max_size: self.max_size.map(|s| s.0), max_age: self.max_age.map(|d| d.0) },
             storage,
+            advertise_url,
+            peer_secret_file: self.peer_secret_file.clone(),
             shutdown_timeout: self.shutdown_timeout.0,
             shutdown_delay: self.shutdown_delay.0,
             warm_from_cluster: self.warm_from_cluster,
@@ -926,6 +967,35 @@ impl Settings {
             redirect_blobs_skip_user_agent,
         })
     }
+}
+
+/// `--advertise-url`: an http(s) URL of this replica with neither path, query nor credentials (the
+/// peer endpoint's path is appended to it).
+fn parse_advertise_url(u: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(u.trim()).map_err(|e| bad("advertise_url", format!("{u:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad("advertise_url", format!("{u:?} must be an http:// or https:// URL with a host")));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(bad(
+            "advertise_url",
+            format!("{u:?}: give scheme, host and port only (e.g. http://10.0.0.7:3000)"),
+        ));
+    }
+    Ok(url)
+}
+
+/// Peers prove this secret to each other; a short one could be guessed.
+const MIN_PEER_SECRET: usize = 16;
+
+/// The peer secret: the file's content without surrounding whitespace (a trailing newline is usual).
+pub fn read_peer_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = raw.trim_ascii().to_vec();
+    if secret.len() < MIN_PEER_SECRET {
+        return Err(format!("{}: the secret must be at least {MIN_PEER_SECRET} characters", path.display()));
+    }
+    Ok(secret)
 }
 
 fn regex_unless_empty(key: &str, re: &str) -> Result<Option<Regex>, ConfigError> {

@@ -346,3 +346,35 @@ fn redirect_blobs_in_the_file_and_printed_by_check_config() {
     let e = cfg(&["-c", &file]).unwrap_err().to_string();
     assert!(e.starts_with("redirect_blobs in ") && e.contains("10s to 1h"), "{e}");
 }
+
+#[test]
+fn advertise_url_needs_a_secret_and_shared_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("peer-secret");
+    std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let e = cfg(&["--advertise-url", "http://10.0.0.7:3000", "--storage", "s3://b"]).unwrap_err().to_string();
+    assert!(e.starts_with("--advertise-url: needs peer_secret_file (--peer-secret-file)"), "{e}");
+    let e = cfg(&["--advertise-url", "http://10.0.0.7:3000", "--peer-secret-file", secret]).unwrap_err().to_string();
+    assert!(e.starts_with("--advertise-url: needs shared storage"), "{e}");
+    for bad in ["ftp://10.0.0.7", "http://10.0.0.7:3000/cache", "10.0.0.7:3000", "http://u:p@10.0.0.7"] {
+        let e = cfg(&["--advertise-url", bad, "--peer-secret-file", secret, "--storage", "s3://b"]).unwrap_err();
+        assert!(e.to_string().starts_with("--advertise-url: "), "{bad}: {e}");
+    }
+    let c =
+        cfg(&["--advertise-url", "http://10.0.0.7:3000", "--peer-secret-file", secret, "--storage", "s3://b"]).unwrap();
+    assert_eq!(c.advertise_url.unwrap().as_str(), "http://10.0.0.7:3000/");
+    assert_eq!(read_peer_secret(std::path::Path::new(secret)).unwrap(), b"0123456789abcdef0123");
+
+    let short = dir.path().join("short");
+    std::fs::write(&short, "tiny\n").unwrap();
+    let e = cfg(&["--peer-secret-file", short.to_str().unwrap()]).unwrap_err().to_string();
+    assert!(e.starts_with("--peer-secret-file: ") && e.contains("at least 16"), "{e}");
+    let e = cfg(&["--peer-secret-file", "/nonexistent/secret"]).unwrap_err().to_string();
+    assert!(e.starts_with("--peer-secret-file: /nonexistent/secret"), "{e}");
+    // In the file, as the other settings.
+    let (_d, file) = file_with(&format!(
+        "storage = \"s3://b\"\nadvertise_url = \"https://cache-0.cache:3000\"\npeer_secret_file = \"{secret}\"\n"
+    ));
+    assert!(cfg(&["-c", &file]).unwrap().advertise_url.is_some());
+}

@@ -40,7 +40,7 @@ pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         config.origin.clone(),
         metrics.clone(),
     )?;
-    let cache = cache::Cache::new(
+    let mut cache = cache::Cache::new(
         store,
         origin,
         config.policy.clone(),
@@ -48,6 +48,13 @@ pub async fn build(config: &Config) -> Result<Arc<server::AppState>, String> {
         config.max_upstream_concurrency,
         metrics.clone(),
     );
+    if let Some(file) = &config.peer_secret_file {
+        let secret = config::read_peer_secret(file).map_err(|e| format!("--peer-secret-file {e}"))?;
+        cache.enable_peering(&secret, config.advertise_url.as_ref())?;
+        if let Some(url) = &config.advertise_url {
+            tracing::info!(advertise = %url, "blob downloads coordinated with the replicas sharing the store");
+        }
+    }
     let htpasswd = config.htpasswd.as_deref().map(server::auth::Htpasswd::open).transpose()?;
     let sendfile = config.tls_cert.is_none().then(|| Arc::new(server::sendfile::Handoffs::new(&metrics)));
     Ok(Arc::new(server::AppState {

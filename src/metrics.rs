@@ -39,6 +39,31 @@ impl CacheResult {
     }
 }
 
+/// Why a download did not (or no longer) read another replica's download, for
+/// `ocicache_peer_fallbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerFallback {
+    /// The owner could not be connected to, or did not answer in time.
+    Unreachable,
+    /// The owner's bytes stopped arriving.
+    Stalled,
+    /// The lease had expired: its owner stopped renewing it (taken over).
+    Expired,
+    /// The owner answered with an error, or its body broke off.
+    Error,
+}
+
+impl PeerFallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerFallback::Unreachable => "unreachable",
+            PeerFallback::Stalled => "stalled",
+            PeerFallback::Expired => "expired",
+            PeerFallback::Error => "error",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     containerd_cache: Family<Labels, Counter>,
@@ -52,6 +77,12 @@ pub struct Metrics {
     pub inflight_downloads: Gauge,
     pub requests_in_progress: Gauge,
     pub resumes: Counter,
+    /// Blob downloads this replica read from another replica's running download (cluster-wide
+    /// single flight) instead of the origin.
+    pub peer_fills: Counter,
+    /// Blob bytes read from other replicas' downloads.
+    pub peer_bytes: Counter,
+    peer_fallbacks: Family<Labels, Counter>,
     revalidations: Family<Labels, Counter>,
     endpoint_failures: Family<Labels, Counter>,
     circuit_open: Family<Labels, Gauge>,
@@ -125,6 +156,25 @@ impl Metrics {
             "ocicache_download_resumes",
             "Blob downloads resumed after the origin dropped",
             resumes.clone(),
+        );
+        let peer_fills = Counter::default();
+        registry.register(
+            "ocicache_peer_fills",
+            "Blob downloads read whole from another replica's running download: origin downloads avoided",
+            peer_fills.clone(),
+        );
+        let peer_bytes = Counter::default();
+        registry.register(
+            "ocicache_peer_bytes",
+            "Blob bytes read from other replicas' running downloads (not counted in ocicache_upstream_bytes)",
+            peer_bytes.clone(),
+        );
+        let peer_fallbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            "ocicache_peer_fallbacks",
+            "Blob downloads that went to the origin although another replica held the lease, by reason \
+             (unreachable, stalled, expired, error)",
+            peer_fallbacks.clone(),
         );
         let revalidations = Family::<Labels, Counter>::default();
         registry.register(
@@ -228,6 +278,9 @@ impl Metrics {
             inflight_downloads,
             requests_in_progress,
             resumes,
+            peer_fills,
+            peer_bytes,
+            peer_fallbacks,
         }
     }
 
@@ -257,6 +310,12 @@ impl Metrics {
                 ("status", status.to_string()),
             ])
             .inc();
+    }
+
+    /// A download gave up on (or never tried) the replica holding its lease; `reason` is one of a
+    /// fixed set.
+    pub fn peer_fallback(&self, reason: PeerFallback) {
+        self.peer_fallbacks.get_or_create(&vec![("reason", reason.as_str().to_owned())]).inc();
     }
 
     pub fn revalidation(&self, registry: &str, changed: bool) {

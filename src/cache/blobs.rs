@@ -206,6 +206,11 @@ impl Cache {
             Ok((private, size))
         })
         .await?;
+        if flight.reads_private_peer() && !req.private_registry {
+            // The bytes come from another replica's private download: no origin has seen this
+            // client yet, so it proves its access as for any private content.
+            self.confirm_if_private(req, true).await?;
+        }
         // Started by this request (or fetched with the client's own credentials): a miss; joined a
         // download already under way: a hit (the origin is not asked again).
         let result = if started || !public { CacheResult::Miss } else { CacheResult::Hit };
@@ -260,7 +265,7 @@ fn opener(origin: Arc<OriginClient>, target: Target, digest: Digest, identity: I
                     reason: crate::upstream::describe(&e),
                 })
                 .boxed();
-            Ok(BlobSource { total, body })
+            Ok(BlobSource { total, body, from_peer: false })
         }
         .boxed()
     })

@@ -45,6 +45,8 @@ pub struct BlobSource {
     /// Bytes of the whole blob, when the origin said.
     pub total: Option<u64>,
     pub body: BoxStream<'static, Result<Bytes, Error>>,
+    /// Another replica's download (or the shared store), not the origin: not origin traffic.
+    pub from_peer: bool,
 }
 
 /// Opens the origin's body at a byte offset (0 first; later offsets to resume after a drop).
@@ -67,6 +69,8 @@ pub struct Flight {
     total: std::sync::OnceLock<u64>,
     /// Commits as private content: readers other than the one that started it prove access first.
     private: bool,
+    /// Set when the download reads another replica's download of private content (`peer`).
+    peer_private: Arc<std::sync::atomic::AtomicBool>,
     reader: FillReader,
     /// The last `RECENT` bytes written, by offset (see `remember`).
     recent: Mutex<std::collections::VecDeque<(u64, Bytes)>>,
@@ -96,6 +100,8 @@ pub struct Flights {
     /// stored blob nor a flight, and sees this unchanged when it takes the lock to start one, knows no
     /// download of its digest was committed in between (see `join_or_start`).
     departed: std::sync::atomic::AtomicU64,
+    /// With `--advertise-url`: where each download reads from is agreed with the other replicas.
+    peering: std::sync::OnceLock<Arc<super::peer::Peering>>,
 }
 
 impl Flights {
@@ -109,7 +115,13 @@ impl Flights {
             metrics,
             inflight: Mutex::default(),
             departed: Default::default(),
+            peering: Default::default(),
         })
+    }
+
+    /// Coordinates every later download with the other replicas (see `peer`).
+    pub fn set_peering(&self, peering: Arc<super::peer::Peering>) {
+        let _ = self.peering.set(peering);
     }
 
     /// Waits until no download is running (each has committed or failed).
@@ -211,11 +223,13 @@ impl Flights {
     ) -> Arc<Flight> {
         let (tx, rx) = watch::channel(Progress::Connecting);
         let private = !matches!(visibility, Visibility::Joinable { private: false });
+        let source = self.peering.get().map(|p| p.source(digest, private, opener.clone()));
         let flight = Arc::new(Flight {
             digest: digest.clone(),
             opener: opener.clone(),
             total: std::sync::OnceLock::new(),
             private,
+            peer_private: source.as_ref().map(|s| s.private_flag()).unwrap_or_default(),
             reader: fill.reader(),
             recent: Mutex::default(),
             progress: rx,
@@ -228,8 +242,18 @@ impl Flights {
         tokio::spawn(async move {
             let _permit = flights.downloads.clone().acquire_owned().await;
             flights.metrics.inflight_downloads.inc();
+            // Reads the origin, or another replica's download of the same blob (`peer`).
+            let opener = source.as_ref().map_or(opener, |s| s.opener());
             let result = download(&*flights.store, &origin, &announced, opener, &fill, &tx, &flights.metrics).await;
+            let private = announced.is_private();
             drop(announced);
+            // Its lease goes once the blob is committed, or before a failure is announced (a client
+            // retrying with its own credentials then claims the blob afresh).
+            let release = |ok| async move {
+                if let Some(s) = source {
+                    s.finish(ok).await
+                }
+            };
             match result {
                 Ok(total) => {
                     // The bytes are verified: readers may finish now, while the store makes the blob
@@ -241,9 +265,11 @@ impl Flights {
                             tracing::warn!(%digest, error = %e, "verified blob could not be stored; it was served, not kept")
                         }
                     }
+                    release(true).await;
                 }
                 Err(e) => {
                     drop(fill);
+                    release(false).await;
                     tracing::warn!(%digest, error = %e, "blob download failed; nothing stored");
                     tx.send_replace(Progress::Failed(Arc::new(e)));
                 }
@@ -357,7 +383,9 @@ async fn download(
             hasher = hashed.await.map_err(|e| Error::from(io::Error::other(e)))?;
             stored?;
             written = at;
-            metrics.bytes_from_upstream.inc_by(gathered as u64);
+            if !source.from_peer {
+                metrics.bytes_from_upstream.inc_by(gathered as u64);
+            }
         }
         match next {
             Some(Ok(_)) => continue,
@@ -424,7 +452,13 @@ impl Flight {
     }
 
     pub fn is_private(&self) -> bool {
-        self.private
+        self.private || self.reads_private_peer()
+    }
+
+    /// Reads another replica's download of private content: every client of it, including the one
+    /// that started it, proves its access to the origin first (known once `started` returned).
+    pub fn reads_private_peer(&self) -> bool {
+        self.peer_private.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until the origin has answered: the blob's length (if announced), or the origin's error.

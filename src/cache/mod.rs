@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod coalesce;
 pub mod flight;
 pub mod manifests;
+pub mod peer;
 pub mod policy;
 pub mod referrers;
 
@@ -43,6 +44,9 @@ pub struct Cache {
     manifests: Coalesce<ManifestKey, StoredManifest, Error>,
     policy: TagPolicy,
     metrics: Arc<Metrics>,
+    /// With `--peer-secret-file`: the internal peer endpoint, and with `--advertise-url` fills
+    /// coordinated with the other replicas (`peer`).
+    peering: Option<Arc<peer::Peering>>,
 }
 
 impl Cache {
@@ -63,6 +67,7 @@ impl Cache {
             manifests: Coalesce::default(),
             policy,
             metrics,
+            peering: None,
         }
     }
 

@@ -908,6 +908,8 @@ impl LocalServer {
         config.tls_key = None;
         // No load balancer to drain: stop as soon as the work is done.
         config.shutdown_delay = Duration::ZERO;
+        // Peers cannot reach this cache at the configured address: it takes no fill leases.
+        config.advertise_url = None;
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("cannot listen on 127.0.0.1 for the in-process cache")?;

@@ -1,7 +1,9 @@
 //! The HTTP edge: one catch-all `/v2` handler (repository names have any number of `/`), plus
-//! `/metrics`, `/healthz` and `/readyz`. Translates between HTTP and the cache; holds no caching logic.
+//! `/metrics`, `/healthz`, `/readyz` and the replicas' internal peer endpoint (`peer`). Translates
+//! between HTTP and the cache; holds no caching logic.
 
 pub mod auth;
+mod peer;
 pub mod redirect;
 mod response;
 pub mod sendfile;
@@ -58,6 +60,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
         .merge(metrics_route)
         .merge(status_route)
+        // Its own proof (a signature under the peer secret), not --htpasswd's.
+        .route("/_ocicache/peer/blobs/{digest}", get(peer::blob))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(response::not_found)

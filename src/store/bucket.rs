@@ -60,7 +60,7 @@ pub fn can_sign_urls(url: &str) -> bool {
     ["s3://", "gs://", "az://", "azure://"].iter().any(|p| url.starts_with(p))
 }
 
-fn err(e: object_store::Error) -> io::Error {
+pub(super) fn err(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
         e => io::Error::other(format!("object storage: {e}")),
@@ -567,6 +567,10 @@ impl super::Store for Bucket {
 
     async fn healthy(&self) -> bool {
         true
+    }
+
+    async fn claim_fill(&self, d: &Digest, owner: &str, private: bool) -> io::Result<super::FillClaim> {
+        super::lease::claim(self.store.clone(), self.key(&layout::lease(d)), owner, private).await
     }
 
     async fn shutdown(&self) {

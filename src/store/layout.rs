@@ -9,6 +9,7 @@
 //! tags/<registry>/<repository>/_referrers/<alg>-<hex>.json
 //! private/<blobs|manifests>/<alg>/<hex>        marker: content only served after an access check
 //! tmp/                                          fills in progress (disk only)
+//! leases/<alg>/<hex>                            JSON: which replica fills a blob now (bucket only)
 //! ```
 //! `_tags` and `_referrers` cannot collide with a repository component (those start with `[a-z0-9]`);
 //! every part comes from a parsed, validated name or digest, so no key leaves its directory.
@@ -22,6 +23,12 @@ pub fn content(kind: ContentKind, d: &Digest) -> String {
 
 pub fn private_marker(kind: ContentKind, d: &Digest) -> String {
     format!("private/{}/{}/{}", kind.dir(), d.algorithm().as_str(), d.hex())
+}
+
+/// The lease of a fill in progress (`super::lease`): one object per blob, so replicas agree on one
+/// filler with a create-if-absent write.
+pub fn lease(d: &Digest) -> String {
+    format!("leases/{}/{}", d.algorithm().as_str(), d.hex())
 }
 
 pub fn tag_dir(registry: &RegistryName, repo: &Repository, tag: &Tag) -> String {

@@ -11,6 +11,9 @@
 //!   `--cache-dir`/`--max-size` as the local tier): hits on disk at disk speed, a bucket hit streamed
 //!   to the client while it is copied to disk, fills written to both.
 //!
+//! Replicas sharing a bucket also agree, through a lease object in it (`lease`), on which one of
+//! them downloads a blob none has yet (`Store::claim_fill`).
+//!
 //! Nothing outside this module knows which one is in use. Every store owns its I/O (blocking calls
 //! run on tokio's blocking pool, never on an async worker) and keeps one guarantee: a body that
 //! ends at a blob's end is complete only if the bytes matched the digest — on a mismatch the stream
@@ -24,6 +27,7 @@ pub mod eviction;
 pub mod fill;
 pub mod hot;
 pub mod layout;
+pub mod lease;
 pub mod recency;
 pub mod tiered;
 pub mod verify;
@@ -31,6 +35,7 @@ pub mod verify;
 pub use bucket::{can_sign_urls, Bucket};
 pub use disk::{ContentKind, Disk};
 pub use fill::Fill;
+pub use lease::{FillClaim, LeaseGuard};
 pub use tiered::Tiered;
 
 use std::io;
@@ -202,6 +207,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// At shutdown: recorded uses written down, this process's unfinished fills removed.
     async fn shutdown(&self);
+
+    /// Cluster-wide single flight (`--advertise-url`): claims the fill of blob `d` for the replica
+    /// reachable at `owner` with a lease in shared storage (`lease`), so that replicas sharing the
+    /// store download each blob from the origin once. A store no other replica shares has nothing
+    /// to coordinate: `Local`.
+    async fn claim_fill(&self, _d: &Digest, _owner: &str, _private: bool) -> io::Result<FillClaim> {
+        Ok(FillClaim::Local)
+    }
 }
 
 /// Opens the configured store: `Disk` on `cache_dir`, or with `storage` (`s3://`, `gs://`, `az://`,

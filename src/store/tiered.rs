@@ -302,6 +302,11 @@ impl Store for Tiered {
         self.disk.healthy().await
     }
 
+    /// The lease lives in the bucket, where every replica sees it.
+    async fn claim_fill(&self, d: &Digest, owner: &str, private: bool) -> io::Result<super::FillClaim> {
+        self.bucket.claim_fill(d, owner, private).await
+    }
+
     async fn shutdown(&self) {
         self.disk.shutdown().await
     }

@@ -140,7 +140,12 @@ impl CacheProcess {
 
     /// Like `spawn`, with extra environment variables (e.g. a PATH with test credential helpers).
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> CacheProcess {
-        let port = super::free_port();
+        Self::spawn_env_on(super::free_port(), args, env)
+    }
+
+    /// Like `spawn_env`, on a port chosen beforehand (a replica that must name its own address in
+    /// its flags, e.g. `--advertise-url`).
+    pub fn spawn_env_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> CacheProcess {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = ocicache_bin()
             .envs(super::backend_env())

@@ -77,6 +77,19 @@ impl Moto {
         body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
     }
 
+    /// An object's bytes, `None` when it does not exist. moto refuses anonymous reads of objects but
+    /// does not check signatures, so any well-formed `Authorization` makes the request a signed one.
+    pub fn get_object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        const AUTH: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+                            SignedHeaders=host, Signature=00";
+        let r = http_request(&self.addr(), "GET", &format!("/{bucket}/{key}"), &[("Authorization", AUTH)]);
+        match r.status {
+            200 => Some(r.body),
+            404 => None,
+            s => panic!("get {bucket}/{key}: {s} {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+
     /// Environment for an ocicache process using this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
