@@ -55,6 +55,9 @@ enum Part {
     Range,
     /// also ocicache with --storage s3:// (moto) in the cold, warm and manifest parts, against disk mode
     S3,
+    /// N cold clients spread over 3 replicas on one bucket (peers on) against one replica: origin
+    /// GETs and bytes, wall time
+    Replicas,
 }
 
 /// Benchmark of ocicache against its peers (bench/README.md). Progress goes to stderr, the report to stdout.
@@ -129,7 +132,8 @@ impl Plan {
         let quick = o.quick;
         let mut parts = o.only.clone();
         if parts.is_empty() {
-            parts = vec![Part::Cold, Part::ColdMany, Part::Warm, Part::Manifests, Part::Range, Part::S3];
+            parts =
+                vec![Part::Cold, Part::ColdMany, Part::Warm, Part::Manifests, Part::Range, Part::S3, Part::Replicas];
         } else if parts == [Part::S3] {
             parts = vec![Part::Cold, Part::ColdMany, Part::Warm, Part::Manifests, Part::S3];
         }
@@ -325,6 +329,11 @@ impl Bench {
                 self.range(run);
             }
         }
+        if self.plan.has(Part::Replicas) && self.moto.is_some() {
+            for run in 0..runs {
+                self.replicas(run);
+            }
+        }
         let (disk, s3) = (self.warm_disk.take(), self.warm_s3.take());
         if let Some(oci) = disk {
             self.retire(oci, "warm+manifests");
@@ -513,6 +522,77 @@ impl Bench {
         let r = self.rt.block_on(client::downloads(&direct, 1, 1, size));
         self.record(Figure::ColdLink, Server::Upstream, run, r.map(|d| d.as_secs_f64()));
         self.log(&format!("ColdLink run {}: done", run + 1));
+    }
+
+    /// Scale-out: N cold clients spread round-robin over 3 replicas sharing one bucket, with peers
+    /// (`--advertise-url`, `--peer-secret-file`), against the same N clients on one replica of the
+    /// same kind. Reports origin GETs of the blob, origin bytes as a multiple of the blob, and wall
+    /// times (in the details; no peer program does this, so there is no ratio to a peer).
+    fn replicas(&mut self, run: usize) {
+        let Some(moto) = self.moto.as_ref() else { return };
+        let (size, clients, upstream) = (self.content.size, self.plan.clients, self.upstream.url());
+        let secret_dir = tempfile::tempdir().expect("temp dir");
+        let secret = secret_dir.path().join("peer-secret");
+        std::fs::write(&secret, format!("{:032x}", rand::random::<u128>())).expect("write secret");
+        self.buckets += 1;
+        let bucket = format!("bench-{}", self.buckets);
+        moto.create_bucket(&bucket);
+        let replicas: Vec<Ocicache> = (0..3)
+            .map(|_| {
+                let secret = secret.display().to_string();
+                Ocicache::start_with(&self.bin, REGISTRY, &upstream, Storage::S3(moto, bucket.clone()), &|port| {
+                    vec![
+                        "--advertise-url".into(),
+                        format!("http://127.0.0.1:{port}"),
+                        "--peer-secret-file".into(),
+                        secret.clone(),
+                    ]
+                })
+            })
+            .collect();
+        let mark = self.upstream.mark();
+        let targets: Vec<Target> = replicas.iter().map(|r| self.oci_blob(r)).collect();
+        let started = Instant::now();
+        let r: Result<(), client::ClientError> = self.rt.block_on(async {
+            let mut all = tokio::task::JoinSet::new();
+            for (i, t) in targets.iter().enumerate() {
+                let n = clients / 3 + usize::from(i < clients % 3);
+                let t = t.clone();
+                all.spawn(async move { client::downloads(&t, n, 1, size).await });
+            }
+            while let Some(r) = all.join_next().await {
+                r.unwrap_or_else(|e| panic!("replica clients: {e}"))?;
+            }
+            Ok(())
+        });
+        let spread = started.elapsed().as_secs_f64();
+        if let Err(e) = r {
+            self.problem(format!("Replicas run {}: {e}", run + 1));
+        }
+        let gets = self.blob_gets_since(mark);
+        let from_origin: f64 = replicas.iter().map(|r| r.metric("ocicache_upstream_bytes_total")).sum();
+        let from_peers: f64 = replicas.iter().map(|r| r.metric("ocicache_peer_bytes_total")).sum();
+        for r in replicas {
+            self.retire(r, "replica");
+        }
+        let one = self.start_oci(true, &upstream);
+        let started = Instant::now();
+        let r = self.rt.block_on(client::downloads(&self.oci_blob(&one), clients, 1, size));
+        let single = started.elapsed().as_secs_f64();
+        if let Err(e) = r {
+            self.problem(format!("Replicas run {} (one replica): {e}", run + 1));
+        }
+        self.retire(one, "one-replica");
+        let line = format!(
+            "Replicas run {}: {clients} cold clients over 3 replicas: {spread:.2} s (one replica: {single:.2} s, {:.2}x); \
+             origin blob GETs {gets}, origin bytes {:.2}x the blob, bytes between replicas {:.2}x",
+            run + 1,
+            spread / single,
+            from_origin / size as f64,
+            from_peers / size as f64
+        );
+        self.log(&line);
+        self.notes.push(line);
     }
 
     /// An instance with the blob cached, if no cold run with N clients left one.

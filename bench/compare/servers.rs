@@ -68,6 +68,17 @@ impl Ocicache {
     /// Starts `bin` with an empty cache, with its default settings except where to listen, where to
     /// cache and where `registry` is (`--upstream registry=upstream`).
     pub fn start(bin: &Path, registry: &str, upstream: &str, storage: Storage) -> Ocicache {
+        Self::start_with(bin, registry, upstream, storage, &|_| Vec::new())
+    }
+
+    /// `start` with more flags, which may name the port it will listen on.
+    pub fn start_with(
+        bin: &Path,
+        registry: &str,
+        upstream: &str,
+        storage: Storage,
+        extra: &dyn Fn(u16) -> Vec<String>,
+    ) -> Ocicache {
         let dir = tempfile::Builder::new().prefix("ocicache-bench-").tempdir().expect("temp dir");
         let cache = dir.path().join("cache");
         let log = dir.path().join("ocicache.log");
@@ -77,6 +88,7 @@ impl Ocicache {
             .arg("--cache-dir")
             .arg(&cache)
             .args(["--upstream", &format!("{registry}={upstream}")])
+            .args(extra(port))
             .env("NO_COLOR", "1");
         let bucket = match storage {
             Storage::Disk => None,
