@@ -243,7 +243,7 @@ EXPECT_TOML = {
     "emptydir": {"max_size": "18GiB"},
     "s3": {
         "storage": "s3://cache-bucket/team/ocicache",
-        "max_size": "5GiB",
+        "max_size": "25GiB",
         "max_age": "7d",
         "redirect_blobs": "2m",
         "redirect_blobs_skip_user_agent": "^legacy-client/",
@@ -252,7 +252,7 @@ EXPECT_TOML = {
     "s3-peers": {"storage": "s3://cache-bucket", "peer_secret_file": "/etc/ocicache/peer/peer-secret", "redirect_blobs": None},
     "defaults": {"max_size": "45GiB", "shutdown_delay": "5s", "redirect_blobs": None, "peer_secret_file": None},
     "s3-daemonset": {"storage": "s3://cache-bucket", "max_size": None},
-    "plain-s3": {"storage": "s3://my-ocicache-bucket/ocicache", "max_size": "2GiB"},
+    "plain-s3": {"storage": "s3://my-ocicache-bucket/ocicache", "max_size": "10GiB"},
 }
 
 # The cache container's environment in a scenario: literal values, or ("secret", name, key).

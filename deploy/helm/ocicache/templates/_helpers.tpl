@@ -156,9 +156,9 @@ Empty when there is none.
 {{/*
 max_size as rendered into ocicache.toml, or nothing for no limit. "auto" is 90% of the chart's claim
 (persistence.size) or of persistence.emptyDir.sizeLimit, written in the same unit (50Gi -> 45GiB);
-with s3.enabled a tenth of s3.stagingSizeLimit (20Gi -> 2GiB): the local directory then holds only
-copies of manifests and tags, and the rest of the volume is for fills in flight, which max_size
-does not bound.
+with s3.enabled half of s3.stagingSizeLimit (20Gi -> 10GiB): the local directory is then the disk
+tier in front of the bucket (what this pod served lately, at disk speed), and the other half of the
+volume is for fills in flight, which max_size does not bound.
 */}}
 {{- define "ocicache.maxSize" -}}
 {{- $v := .Values.maxSize | default "" | toString | trim }}
@@ -178,7 +178,7 @@ does not bound.
 {{- end }}
 {{- $num := regexReplaceAll "[A-Za-z]+$" $size "" | float64 }}
 {{- $unit := regexReplaceAll "^[0-9.]+" $size "" }}
-{{- $limit := ternary (divf $num 10) (mulf $num 0.9) $s3 }}
+{{- $limit := ternary (divf $num 2) (mulf $num 0.9) $s3 }}
 {{- if eq $limit (floor $limit) }}
 {{- printf "%d%sB" (int64 $limit) $unit }}
 {{- else }}
