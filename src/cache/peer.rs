@@ -8,8 +8,12 @@
 //! Then the flight reads that replica's running download over the internal peer endpoint (from byte
 //! 0; the owner holds the final byte back until its own download verified), and carries on from the
 //! origin, with a `Range` from where it got to, when the owner cannot be reached, answers an error,
-//! sends nothing for a lease lifetime, or breaks off. The origin never sees more than it would
-//! without peers; at best it sees one download per blob for the whole cluster.
+//! sends nothing for a lease lifetime, or breaks off. Falling back, it first takes the failed
+//! owner's lease over (`Store::take_over_fill`, conditional on the version it read): of the
+//! replicas falling back together one wins and fills the rest from the origin, the others (and new
+//! readers) stream from it — at most one such extra hop per download. The origin never sees more
+//! than it would without peers; at best it sees one download per blob for the whole cluster, and a
+//! dead owner costs one ranged download more, not one per replica.
 //!
 //! The peer endpoint is no way around access control. A request must carry an HMAC of the digest
 //! and the time under the shared secret (`PeerKey`): the secret itself never leaves the process, so
@@ -145,6 +149,7 @@ impl Peering {
                 peer_private: Arc::new(AtomicBool::new(false)),
                 peer_failure: Mutex::new(None),
                 lease: Mutex::new(None),
+                took_over: AtomicBool::new(false),
             }),
         }
     }
@@ -167,6 +172,9 @@ struct SourceState {
     /// Why the owner's body ended early, recorded by the body for the fallback that follows.
     peer_failure: Mutex<Option<PeerFallback>>,
     lease: Mutex<Option<LeaseGuard>>,
+    /// Set at the first fallback from an owner: a download tries to take over a failed owner's lease
+    /// once, so it reads at most one more replica before the origin (never a loop between them).
+    took_over: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -225,9 +233,8 @@ impl SourceState {
                 let reason = self.peer_failure.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let reason = reason.unwrap_or(PeerFallback::Error);
                 self.peering.metrics.peer_fallback(reason);
-                tracing::warn!(digest = %self.digest, peer = %url, offset, reason = reason.as_str(), "the replica filling this blob failed; continuing from the origin");
-                self.set_mode(Mode::Origin);
-                (self.origin)(offset).await
+                tracing::warn!(digest = %self.digest, peer = %url, offset, reason = reason.as_str(), "the replica filling this blob failed; continuing without it");
+                self.take_over(&url, offset).await
             }
             Mode::Origin => (self.origin)(offset).await,
         }
@@ -276,14 +283,70 @@ impl SourceState {
                 }
                 Err(reason) => {
                     self.peering.metrics.peer_fallback(reason);
-                    tracing::warn!(digest = %self.digest, peer = %url, reason = reason.as_str(), "the replica filling this blob cannot serve it; asking the origin");
-                    self.set_mode(Mode::Origin);
-                    (self.origin)(0).await
+                    tracing::warn!(digest = %self.digest, peer = %url, reason = reason.as_str(), "the replica filling this blob cannot serve it; continuing without it");
+                    self.take_over(&url, 0).await
                 }
             },
             FillClaim::Local => {
                 self.set_mode(Mode::Origin);
                 (self.origin)(0).await
+            }
+        }
+    }
+
+    /// The owner at `failed` cannot serve this download (the fallback is counted): the rest, from
+    /// `offset`, comes from the origin — with this replica taking over the lease, so that the other
+    /// replicas falling back now and new readers stream from here rather than each asking the origin
+    /// or trying the failed address again — or, when another replica won that takeover, from that
+    /// replica. Once per download: after that, any failure goes to the origin without a lease.
+    async fn take_over(self: Arc<Self>, failed: &str, offset: u64) -> Result<BlobSource, Error> {
+        let first = !self.took_over.swap(true, Ordering::SeqCst);
+        let claim = match self.peering.advertise.as_deref() {
+            Some(me) if first => {
+                let private = self.private || self.peer_private.load(Ordering::SeqCst);
+                let claim = self.peering.store.take_over_fill(&self.digest, failed, me, private).await;
+                claim.unwrap_or_else(|e| {
+                    tracing::warn!(digest = %self.digest, error = %e, "cannot take over the fill in shared storage; filling without a lease");
+                    FillClaim::Local
+                })
+            }
+            _ => FillClaim::Local,
+        };
+        match claim {
+            FillClaim::Won(guard) => {
+                // The fill may have ended meanwhile with the blob committed: read it from the store.
+                if let Ok(Some(blob)) = self.peering.store.open_blob(&self.digest).await {
+                    guard.release().await;
+                    self.set_mode(Mode::Origin);
+                    let size = blob.size;
+                    let body = blob.read(offset.min(size)..size).map(|r| r.map_err(Error::from)).boxed();
+                    return Ok(BlobSource { total: Some(size), body, from_peer: true });
+                }
+                tracing::info!(digest = %self.digest, failed = %failed, offset, "took over the fill: the other replicas read it from here");
+                let progress = guard.progress();
+                *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+                self.set_mode(Mode::Owner(progress.clone()));
+                self.origin_as_owner(progress, offset).await
+            }
+            FillClaim::HeldBy { url, private } => match self.clone().read_peer(&url).await {
+                Ok((source, peer_private)) => {
+                    if private || peer_private || self.private {
+                        self.peer_private.store(true, Ordering::SeqCst);
+                    }
+                    tracing::info!(digest = %self.digest, peer = %url, offset, "another replica took over the fill; reading it from there");
+                    self.set_mode(Mode::Peer(url));
+                    Ok(skip(source, offset))
+                }
+                Err(reason) => {
+                    self.peering.metrics.peer_fallback(reason);
+                    tracing::warn!(digest = %self.digest, peer = %url, reason = reason.as_str(), "the replica that took over this blob cannot serve it either; asking the origin");
+                    self.set_mode(Mode::Origin);
+                    (self.origin)(offset).await
+                }
+            },
+            FillClaim::Local => {
+                self.set_mode(Mode::Origin);
+                (self.origin)(offset).await
             }
         }
     }
@@ -378,6 +441,30 @@ impl SourceState {
         .boxed();
         Ok((BlobSource { total: Some(total), body, from_peer: true }, private))
     }
+}
+
+/// `source`, read from byte 0, without its first `n` bytes: the peer endpoint always serves a blob
+/// from its start, and a download that changes owner mid-blob already has those.
+fn skip(source: BlobSource, n: u64) -> BlobSource {
+    if n == 0 {
+        return source;
+    }
+    let body = futures_util::stream::unfold((source.body, n), |(mut body, mut left)| async move {
+        loop {
+            match body.next().await? {
+                Ok(chunk) if left > 0 => {
+                    if chunk.len() as u64 <= left {
+                        left -= chunk.len() as u64;
+                        continue;
+                    }
+                    return Some((Ok(chunk.slice(left as usize..)), (body, 0)));
+                }
+                item => return Some((item, (body, left))),
+            }
+        }
+    })
+    .boxed();
+    BlobSource { body, ..source }
 }
 
 /// A blob as this replica can hand it to a peer: its running download or the stored blob.

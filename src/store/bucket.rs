@@ -586,6 +586,16 @@ impl super::Store for Bucket {
         super::lease::claim(self.store.clone(), self.key(&layout::lease(d)), owner, private).await
     }
 
+    async fn take_over_fill(
+        &self,
+        d: &Digest,
+        failed: &str,
+        owner: &str,
+        private: bool,
+    ) -> io::Result<super::FillClaim> {
+        super::lease::take_over(self.store.clone(), self.key(&layout::lease(d)), failed, owner, private).await
+    }
+
     async fn shutdown(&self) {
         let b = self.clone();
         let _ = tokio::task::spawn_blocking(move || b.remove_own_staging_files()).await;

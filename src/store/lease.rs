@@ -9,7 +9,10 @@
 //! progress and deletes it once the blob is committed (or the download failed). A lease nobody
 //! renews — its owner died, or its download stopped moving — expires, and the next replica that
 //! needs the blob takes it over with a conditional update (`If-Match` on the ETag it read), so two
-//! replicas cannot both take over the same stale lease.
+//! replicas cannot both take over the same stale lease. A replica that cannot read the blob from
+//! the owner (unreachable, silent, broke off) takes its lease over the same way even while it is
+//! live (`take_over`), so that the others falling back with it read from the new owner instead of
+//! each asking the origin.
 //!
 //! Expiry is wall-clock time compared across replicas: clocks that disagree by more than a few
 //! seconds shorten or lengthen a lease by as much (the TTL leaves room for that; NTP does the rest).
@@ -159,6 +162,77 @@ pub(crate) async fn claim(store: Arc<dyn ObjectStore>, key: Path, owner: &str, p
     Ok(FillClaim::Local)
 }
 
+/// Attempts at taking over a failed owner's lease: one, and one more after another replica changed
+/// it between our read and our write (then it names whoever won, and we read from them).
+const TAKEOVER_ATTEMPTS: usize = 2;
+
+/// Takes over the lease at `key` from `failed`, the owner this replica could not read the blob
+/// from (unreachable, silent, broke off), even while the lease is live: every replica that falls
+/// back at that moment would otherwise ask the origin itself, and every new reader would try the
+/// dead address again until the lease expires. The update is conditional on the ETag of the version
+/// read here, so of the replicas falling back together exactly one wins; the others get `HeldBy`
+/// the winner. A lease naming a different live owner (someone took over already) is `HeldBy` it; no
+/// lease at all (the fill ended meanwhile) is claimed afresh. `Local`: no takeover (a store without
+/// conditional updates, or still contended) — fill from the origin without a lease.
+pub(crate) async fn take_over(
+    store: Arc<dyn ObjectStore>,
+    key: Path,
+    failed: &str,
+    owner: &str,
+    private: bool,
+) -> io::Result<FillClaim> {
+    for _ in 0..TAKEOVER_ATTEMPTS {
+        let record = LeaseRecord::new(owner, private);
+        let (held, e_tag) = match store.get(&key).await {
+            Ok(got) => {
+                let e_tag = got.meta.e_tag.clone();
+                match got.bytes().await {
+                    Ok(bytes) => (serde_json::from_slice::<LeaseRecord>(&bytes).ok(), e_tag),
+                    Err(object_store::Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(super::bucket::err(e)),
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+                match store.put_opts(&key, record.payload(), create).await {
+                    Ok(put) => return Ok(FillClaim::Won(LeaseGuard::start(store, key, record, put.e_tag, true))),
+                    Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                        continue
+                    }
+                    Err(e) if conditional_unsupported(&e) => return Ok(FillClaim::Local),
+                    Err(e) => return Err(super::bucket::err(e)),
+                }
+            }
+            Err(e) => return Err(super::bucket::err(e)),
+        };
+        match &held {
+            Some(h) if h.owner == owner => return Ok(FillClaim::Local),
+            Some(h) if h.owner != failed && h.live(SystemTime::now()) => {
+                return Ok(FillClaim::HeldBy { url: h.owner.clone(), private: h.private })
+            }
+            // Still the failed owner's (live or not), or not a lease at all.
+            _ => {}
+        }
+        let update = PutOptions { mode: PutMode::Update(UpdateVersion { e_tag, version: None }), ..Default::default() };
+        match store.put_opts(&key, record.payload(), update).await {
+            Ok(put) => {
+                tracing::info!(key = %key, failed_owner = %failed, "took over the fill lease of a replica that could not serve the blob");
+                return Ok(FillClaim::Won(LeaseGuard::start(store, key, record, put.e_tag, true)));
+            }
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::NotFound { .. },
+            ) => continue,
+            // A shared directory cannot replace a live lease only if unchanged; deleting it could
+            // delete a lease another replica just wrote. Without coordination, as before.
+            Err(e) if conditional_unsupported(&e) => return Ok(FillClaim::Local),
+            Err(e) => return Err(super::bucket::err(e)),
+        }
+    }
+    Ok(FillClaim::Local)
+}
+
 /// A lease this replica holds: renewed in the background while the download it covers makes
 /// progress (`touch`) or waits for the origin's answer (`waiting`), deleted by `release`. Dropped
 /// without `release`, it is released in the background.
@@ -230,7 +304,7 @@ impl LeaseGuard {
         LeaseProgress(self.shared.clone())
     }
 
-    /// This claim replaced another replica's expired lease.
+    /// This claim replaced another replica's lease (expired, or taken over from a failed owner).
     pub fn took_over_expired(&self) -> bool {
         self.took_over
     }
@@ -365,6 +439,65 @@ mod tests {
         // The taken-over guard no longer owns the object: releasing it leaves c's lease alone.
         guard.release().await;
         assert_eq!(read(&store).await.unwrap().owner, "http://c:3000");
+    }
+
+    #[tokio::test]
+    async fn a_failed_owners_live_lease_is_taken_over_by_one_replica_the_others_read_from_it() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let FillClaim::Won(dead) = claim(store.clone(), key(), "http://a:3000", false).await.unwrap() else {
+            panic!("wins")
+        };
+        let FillClaim::Won(b) = take_over(store.clone(), key(), "http://a:3000", "http://b:3000", false).await.unwrap()
+        else {
+            panic!("b takes over the live lease of a, which failed it")
+        };
+        assert!(b.took_over_expired());
+        assert_eq!(read(&store).await.unwrap().owner, "http://b:3000");
+        // c fell back from a at the same time: it reads from b, it does not take over again.
+        match take_over(store.clone(), key(), "http://a:3000", "http://c:3000", false).await.unwrap() {
+            FillClaim::HeldBy { url, .. } => assert_eq!(url, "http://b:3000"),
+            other => panic!("expected HeldBy b, got {other:?}"),
+        }
+        // New readers find b too.
+        assert!(
+            matches!(claim(store.clone(), key(), "http://d:3000", false).await.unwrap(), FillClaim::HeldBy { url, .. } if url == "http://b:3000")
+        );
+        // The dead owner's guard no longer owns the lease: its release leaves b's alone.
+        dead.release().await;
+        assert_eq!(read(&store).await.unwrap().owner, "http://b:3000");
+        b.release().await;
+        assert!(read(&store).await.is_none());
+        // No lease (the fill ended meanwhile): claimed afresh.
+        assert!(matches!(
+            take_over(store.clone(), key(), "http://a:3000", "http://c:3000", false).await.unwrap(),
+            FillClaim::Won(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_takeovers_have_one_winner() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let FillClaim::Won(_dead) = claim(store.clone(), key(), "http://a:3000", false).await.unwrap() else {
+            panic!("wins")
+        };
+        let tries = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                take_over(store, key(), "http://a:3000", &format!("http://r{i}:3000"), false).await.unwrap()
+            })
+        });
+        let mut won = Vec::new();
+        let mut held_by = Vec::new();
+        for t in tries.collect::<Vec<_>>() {
+            match t.await.unwrap() {
+                FillClaim::Won(g) => won.push(g),
+                FillClaim::HeldBy { url, .. } => held_by.push(url),
+                FillClaim::Local => {}
+            }
+        }
+        assert_eq!(won.len(), 1, "exactly one takeover wins");
+        let winner = read(&store).await.unwrap().owner;
+        assert!(held_by.iter().all(|u| *u == winner), "losers read from {winner}: {held_by:?}");
     }
 
     #[tokio::test]

@@ -215,6 +215,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn claim_fill(&self, _d: &Digest, _owner: &str, _private: bool) -> io::Result<FillClaim> {
         Ok(FillClaim::Local)
     }
+
+    /// Takes over the fill of blob `d` from `failed`, an owner this replica could not read it from,
+    /// for `owner` (`lease::take_over`): one replica becomes the owner the others read from.
+    async fn take_over_fill(&self, _d: &Digest, _failed: &str, _owner: &str, _private: bool) -> io::Result<FillClaim> {
+        Ok(FillClaim::Local)
+    }
 }
 
 /// Opens the configured store: `Disk` on `cache_dir`, or with `storage` (`s3://`, `gs://`, `az://`,

@@ -307,6 +307,16 @@ impl Store for Tiered {
         self.bucket.claim_fill(d, owner, private).await
     }
 
+    async fn take_over_fill(
+        &self,
+        d: &Digest,
+        failed: &str,
+        owner: &str,
+        private: bool,
+    ) -> io::Result<super::FillClaim> {
+        self.bucket.take_over_fill(d, failed, owner, private).await
+    }
+
     async fn shutdown(&self) {
         self.disk.shutdown().await
     }
