@@ -17,6 +17,18 @@ fn has_blob(keys: &[String], digest: &str) -> bool {
     keys.iter().any(|k| k.starts_with("blobs/sha256/") && k.ends_with(hex))
 }
 
+/// Pulls `one.test/<repo>` through the replica on `port` with skopeo and waits until every blob of
+/// `img` is in `bucket`.
+fn pull_into_bucket(moto: &Moto, bucket: &str, port: u16, repo: &str, img: &BuiltImage) {
+    let out = tempfile::tempdir().unwrap();
+    let src = format!("docker://127.0.0.1:{port}/one.test/{repo}");
+    assert_success(&skopeo_copy_to_dir(&src, out.path(), &[]), &format!("pull {repo} via :{port}"));
+    poll_until(DEFAULT_TIMEOUT, "the blobs to reach the bucket", || {
+        let keys = moto.keys(bucket);
+        img.blob_digests().iter().all(|d| has_blob(&keys, d))
+    });
+}
+
 #[test]
 fn a_second_replica_serves_what_the_first_cached_without_asking_the_origin() {
     let moto = Moto::start();
@@ -34,20 +46,15 @@ fn a_second_replica_serves_what_the_first_cached_without_asking_the_origin() {
 
     let d1 = tempfile::tempdir().unwrap();
     let r1 = replica(&moto, "cache", d1.path(), &up);
-    let out = tempfile::tempdir().unwrap();
-    let src = |port: u16| format!("docker://127.0.0.1:{port}/one.test/test/img:1");
-    assert_success(&skopeo_copy_to_dir(&src(r1.port), out.path(), &[]), "pull via replica 1");
-    poll_until(DEFAULT_TIMEOUT, "the blobs to reach the bucket", || {
-        let keys = moto.keys("cache");
-        img.blob_digests().iter().all(|d| has_blob(&keys, d))
-    });
+    pull_into_bucket(&moto, "cache", r1.port, "test/img:1", &img);
     assert!(moto.keys("cache").iter().any(|k| k.starts_with("manifests/")), "manifests live in the bucket too");
 
     let mark = upstream.mark();
     let d2 = tempfile::tempdir().unwrap();
     let r2 = replica(&moto, "cache", d2.path(), &up);
     let out2 = tempfile::tempdir().unwrap();
-    assert_success(&skopeo_copy_to_dir(&src(r2.port), out2.path(), &[]), "pull via replica 2");
+    let src = format!("docker://127.0.0.1:{}/one.test/test/img:1", r2.port);
+    assert_success(&skopeo_copy_to_dir(&src, out2.path(), &[]), "pull via replica 2");
     let layer = img.layer_digests[1].strip_prefix("sha256:").unwrap();
     assert_eq!(std::fs::read(out2.path().join(layer)).unwrap(), img.layer_blobs[1]);
     let asked = upstream.requests_since(mark);
@@ -142,7 +149,8 @@ fn replicas_can_share_a_directory_as_their_store() {
     let mark = upstream.mark();
     let r2 = start(d2.path());
     let out2 = tempfile::tempdir().unwrap();
-    assert_success(&skopeo_copy_to_dir(&src(r2.port), out2.path(), &[]), "pull via replica 2");
+    let src = format!("docker://127.0.0.1:{}/one.test/test/img:1", r2.port);
+    assert_success(&skopeo_copy_to_dir(&src, out2.path(), &[]), "pull via replica 2");
     assert!(upstream.requests_since(mark).is_empty());
 }
 
@@ -166,13 +174,7 @@ async fn bucket_hits_are_copied_to_disk_and_corrupt_objects_are_cut_removed_and_
     let up = format!("one.test={}", upstream.url());
     let d1 = tempfile::tempdir().unwrap();
     let r1 = replica(&moto, "cache", d1.path(), &up);
-    let out = tempfile::tempdir().unwrap();
-    let src = |port: u16| format!("docker://127.0.0.1:{port}/one.test/test/img:1");
-    assert_success(&skopeo_copy_to_dir(&src(r1.port), out.path(), &[]), "pull via replica 1");
-    poll_until(DEFAULT_TIMEOUT, "the blobs to reach the bucket", || {
-        let keys = moto.keys("cache");
-        img.blob_digests().iter().all(|d| has_blob(&keys, d))
-    });
+    pull_into_bucket(&moto, "cache", r1.port, "test/img:1", &img);
     // Someone overwrites one layer in the bucket with other bytes of the same length.
     let (ok_digest, bad_digest) = (img.layer_digests[0].clone(), img.layer_digests[1].clone());
     let hex = bad_digest.strip_prefix("sha256:").unwrap();
@@ -219,4 +221,52 @@ async fn bucket_hits_are_copied_to_disk_and_corrupt_objects_are_cut_removed_and_
     let asked = upstream.requests_since(mark);
     assert_eq!(asked.iter().filter(|r| r.method == "GET" && r.path.contains("/blobs/")).count(), 1, "{asked:?}");
     poll_until(DEFAULT_TIMEOUT, "the good copy in the bucket again", || has_blob(&moto.keys("cache"), &bad_digest));
+}
+
+/// The object store goes down after the start and comes back (a fresh, empty server on the same
+/// endpoint): meanwhile the disk tier serves what it has without the origin, a cold image comes from
+/// the origin, the replica stays ready, and once the store is back it is used again at once, with no
+/// restart. Each pull during the outage must finish well within the deadline: a bucket that refuses
+/// connections is a miss, not a wait.
+#[test]
+fn a_bucket_outage_is_a_miss_and_the_bucket_is_used_again_as_soon_as_it_is_back() {
+    let mut moto = Moto::start();
+    moto.create_bucket("cache");
+    let upstream = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let imgs: Vec<BuiltImage> = (0..3)
+        .map(|i| {
+            let img = build_image(dir.path(), "1", "amd64", &[LayerSpec::file("a", random_bytes(300_000, 30 + i))]);
+            push(&img.layout, "1", &format!("{}/test/o{i}:1", upstream.addr()), Format::Oci, None);
+            img
+        })
+        .collect();
+    let up = format!("one.test={}", upstream.url());
+    let d1 = tempfile::tempdir().unwrap();
+    let r1 = replica(&moto, "cache", d1.path(), &up);
+    pull_into_bucket(&moto, "cache", r1.port, "test/o0:1", &imgs[0]);
+
+    let port = moto.port;
+    moto.stop();
+    let pull = |repo: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let src = format!("docker://127.0.0.1:{}/one.test/{repo}", r1.port);
+        assert_success(&skopeo_copy_to_dir(&src, out.path(), &[]), &format!("pull {repo} with the bucket down"));
+        eprintln!("pull of {repo} with the bucket down: {:?}", started.elapsed());
+        started.elapsed()
+    };
+    let mark = upstream.mark();
+    let took = pull("test/o0:1");
+    let blob_gets = upstream.requests_since(mark).iter().filter(|r| r.path.contains("/blobs/")).count();
+    assert_eq!(blob_gets, 0, "the disk tier served the cached image");
+    assert!(took < std::time::Duration::from_secs(10), "a cached pull took {took:?} with the bucket down");
+    let took = pull("test/o1:1");
+    assert!(took < std::time::Duration::from_secs(10), "a cold pull took {took:?} with the bucket down");
+    let ready = http_request(&format!("127.0.0.1:{}", r1.port), "GET", "/readyz", &[]);
+    assert_eq!(ready.status, 200, "the disk tier still works: ready");
+
+    let moto = Moto::start_on(port);
+    moto.create_bucket("cache");
+    pull_into_bucket(&moto, "cache", r1.port, "test/o2:1", &imgs[2]);
 }

@@ -60,6 +60,19 @@ pub fn can_sign_urls(url: &str) -> bool {
     ["s3://", "gs://", "az://", "azure://"].iter().any(|p| url.starts_with(p))
 }
 
+/// Retries of one bucket request. Every lookup on a request's path (is the blob there? is it
+/// private?) waits for them, and a bucket that is down is a miss (the origin or the disk tier
+/// answers), so a request gives up on the bucket within seconds rather than object_store's default
+/// of up to 3 minutes per request.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(5), ..Default::default() }
+}
+
+/// A bucket endpoint that does not accept a connection within this long is treated as down.
+fn client_options() -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_connect_timeout(Duration::from_secs(2))
+}
+
 pub(super) fn err(e: object_store::Error) -> io::Error {
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
@@ -105,7 +118,10 @@ impl Bucket {
         let built = |e: object_store::Error| format!("--storage {url}: {e}");
         let (store, signer, prefix): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, &str) = match scheme {
             "s3" => {
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry())
+                    .with_client_options(client_options());
                 let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
                 if let Some(e) = endpoint.filter(|e| !e.is_empty()) {
                     builder = builder.with_allow_http(e.starts_with("http://")).with_endpoint(e);
@@ -114,12 +130,18 @@ impl Bucket {
                 (s3.clone(), Some(s3), prefix)
             }
             "gs" => {
-                let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry())
+                    .with_client_options(client_options());
                 let gcs = Arc::new(builder.build().map_err(built)?);
                 (gcs.clone(), Some(gcs), prefix)
             }
             "az" | "azure" => {
-                let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket);
+                let builder = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .with_retry(retry())
+                    .with_client_options(client_options());
                 let azure = Arc::new(builder.build().map_err(built)?);
                 (azure.clone(), Some(azure), prefix)
             }
@@ -401,6 +423,20 @@ impl Bucket {
         }
     }
 
+    /// Whether content carries a private marker, or why the bucket could not say (recent answers
+    /// are reused for `MARK_TTL`).
+    pub(crate) async fn private_marker(&self, kind: ContentKind, d: &Digest) -> io::Result<bool> {
+        let key = (kind, d.clone());
+        if let Some((private, at)) = self.marks.get(&key) {
+            if at.elapsed() < MARK_TTL {
+                return Ok(private);
+            }
+        }
+        let private = self.exists(&layout::private_marker(kind, d)).await?;
+        self.marks.insert(key, (private, tokio::time::Instant::now()));
+        Ok(private)
+    }
+
     /// Removes this process's staging files (at shutdown).
     fn remove_own_staging_files(&self) {
         let prefix = format!("fill-{}-", std::process::id());
@@ -489,19 +525,7 @@ impl super::Store for Bucket {
 
     /// An unreachable bucket counts as private: fail closed.
     async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
-        let key = (kind, d.clone());
-        if let Some((private, at)) = self.marks.get(&key) {
-            if at.elapsed() < MARK_TTL {
-                return private;
-            }
-        }
-        match self.exists(&layout::private_marker(kind, d)).await {
-            Ok(private) => {
-                self.marks.insert(key, (private, tokio::time::Instant::now()));
-                private
-            }
-            Err(_) => true,
-        }
+        self.private_marker(kind, d).await.unwrap_or(true)
     }
 
     async fn set_private(&self, kind: ContentKind, d: &Digest, private: bool) -> io::Result<()> {

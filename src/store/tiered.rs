@@ -160,6 +160,14 @@ impl super::BlobReader for BucketHit {
     }
 }
 
+/// A write the disk tier took and the bucket did not: the content stays on this replica only, and
+/// the request goes on (a bucket outage must not fail pulls the disk can serve).
+fn disk_only_on_error(what: &str, of: &(dyn std::fmt::Display + Sync), r: io::Result<()>) {
+    if let Err(e) = r {
+        tracing::warn!(%of, error = %e, "{what} not written to object storage; kept on local disk only");
+    }
+}
+
 /// A bucket that cannot be reached is a miss: logged, and the origin is asked instead.
 fn miss_on_error<T: Default>(what: &str, of: String, r: io::Result<T>) -> T {
     r.unwrap_or_else(|e| {
@@ -228,16 +236,34 @@ impl Store for Tiered {
 
     async fn put_manifest(&self, m: &StoredManifest, private: bool) -> io::Result<()> {
         self.disk.put_manifest(m, private).await?;
-        self.bucket.put_manifest(m, private).await
+        disk_only_on_error("manifest", &m.digest, self.bucket.put_manifest(m, private).await);
+        Ok(())
     }
 
+    /// Private in either tier is private. A bucket that cannot be asked leaves the disk tier's
+    /// marker, which was copied with the content when it was stored here, as the answer: failing
+    /// closed there would refuse every cached blob during a bucket outage that is also an origin
+    /// outage.
     async fn is_private(&self, kind: ContentKind, d: &Digest) -> bool {
-        self.disk.is_private(kind, d).await || self.bucket.is_private(kind, d).await
+        if self.disk.is_private(kind, d).await {
+            return true;
+        }
+        self.bucket.private_marker(kind, d).await.unwrap_or_else(|e| {
+            tracing::warn!(digest = %d, error = %e, "object storage unreachable: the disk tier's private marker decides");
+            false
+        })
     }
 
+    /// Marking private must reach both tiers (or fail: fail closed). Unmarking in a bucket that
+    /// cannot be reached leaves its marker, which only makes other replicas check the origin.
     async fn set_private(&self, kind: ContentKind, d: &Digest, private: bool) -> io::Result<()> {
         self.disk.set_private(kind, d, private).await?;
-        self.bucket.set_private(kind, d, private).await
+        let shared = self.bucket.set_private(kind, d, private).await;
+        if private {
+            return shared;
+        }
+        disk_only_on_error("public mark", d, shared);
+        Ok(())
     }
 
     async fn tag_entries(&self, registry: &RegistryName, repo: &Repository, tag: &Tag) -> io::Result<Vec<TagEntry>> {
@@ -262,7 +288,11 @@ impl Store for Tiered {
     ) -> io::Result<bool> {
         let written = self.disk.put_tag(registry, repo, tag, entry, refresh_every).await?;
         if written {
-            self.bucket.put_tag(registry, repo, tag, entry, refresh_every).await?;
+            disk_only_on_error(
+                "tag",
+                tag,
+                self.bucket.put_tag(registry, repo, tag, entry, refresh_every).await.map(drop),
+            );
         }
         Ok(written)
     }
@@ -291,7 +321,8 @@ impl Store for Tiered {
         json: Vec<u8>,
     ) -> io::Result<()> {
         self.disk.put_referrers(registry, repo, subject, json.clone()).await?;
-        self.bucket.put_referrers(registry, repo, subject, json).await
+        disk_only_on_error("referrers", subject, self.bucket.put_referrers(registry, repo, subject, json).await);
+        Ok(())
     }
 
     fn start_eviction(&self, policy: super::eviction::EvictionPolicy, metrics: Arc<crate::metrics::Metrics>) {

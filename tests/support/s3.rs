@@ -26,7 +26,18 @@ fn moto_server() -> PathBuf {
 
 impl Moto {
     pub fn start() -> Moto {
-        Self::spawn(Command::new(moto_server()))
+        Self::spawn(Command::new(moto_server()), free_port())
+    }
+
+    /// A fresh (empty) server on a given port: the same endpoint back after an outage.
+    pub fn start_on(port: u16) -> Moto {
+        Self::spawn(Command::new(moto_server()), port)
+    }
+
+    /// Stops the server (an outage of the object store).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Started so that it is killed when the calling thread ends (Linux's parent-death signal):
@@ -41,11 +52,10 @@ impl Moto {
                 Ok(())
             });
         }
-        Self::spawn(cmd)
+        Self::spawn(cmd, free_port())
     }
 
-    fn spawn(mut cmd: Command) -> Moto {
-        let port = free_port();
+    fn spawn(mut cmd: Command, port: u16) -> Moto {
         let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
